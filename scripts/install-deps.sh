@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Installs the Debian packages vnix and its tests need, only those missing. Idempotent.
+set -euo pipefail
+pkgs=(qemu-system-x86 qemu-system-arm qemu-utils busybox-static e2fsprogs cpio gcc make
+      iproute2 dnsmasq-base python3-venv)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing: ${missing[*]}"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
