@@ -50,13 +50,13 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except SystemExit:
         raise
-    except Exception as exc:  # click's own usage errors arrive as ClickException
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
+    except Exception as exc:
+        # Typer's (vendored) click reports usage errors and --help exits as exceptions when
+        # standalone_mode is off; recognise them by shape so either click layout works.
+        if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):
             err_console.print(f"vnix: error: {exc.format_message()}", markup=False)
-            sys.exit(2)
-        if isinstance(exc, click.exceptions.Exit):
+            sys.exit(2 if exc.exit_code in (None, 1, 2) else exc.exit_code)
+        if type(exc).__name__ == "Exit" and hasattr(exc, "exit_code"):
             sys.exit(exc.exit_code)
         raise
 
