@@ -1,0 +1,107 @@
+"""A machine's configuration: what the CLI, the hypervisor drivers and the VMM process share.
+
+The same :class:`MachineConfig` is checked once (:meth:`MachineConfig.validate`), sent to a VMM
+process as JSON (``python -m vnix.vmm --config FILE``) and turned into a QEMU command line by the
+QEMU driver, so every front end refuses the same bad input with the same one-line message.
+This module imports nothing heavy: the VMM process loads it at start-up.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from vnix.vmm import ConfigError
+
+MIN_MEMORY_MIB = 16
+MAX_VCPUS = 8  # what the MP table / MADT and our APIC ID space are laid out for
+
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMGT]?)(i?B)?\s*$", re.IGNORECASE)
+_UNIT_MIB = {"": 1, "K": 1 / 1024, "M": 1, "G": 1024, "T": 1024 * 1024}
+
+
+def parse_size_mib(text: str | int) -> int:
+    """'256M', '4G', '4GiB', '512' (MiB) -> MiB. Raises ConfigError on anything else."""
+    if isinstance(text, int):
+        return text
+    m = _SIZE_RE.match(str(text))
+    if not m:
+        raise ConfigError(f"cannot read memory size {text!r} (try 256M or 4G)")
+    mib = int(m.group(1)) * _UNIT_MIB[m.group(2).upper()]
+    if mib != int(mib):
+        raise ConfigError(f"memory size {text!r} is not a whole number of MiB")
+    return int(mib)
+
+
+def host_memory_mib() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1024 * 1024)
+
+
+@dataclass
+class DiskConfig:
+    path: str
+    readonly: bool = False
+    format: str = "raw"  # raw | qcow2
+
+
+@dataclass
+class NetConfig:
+    kind: str = "tap"
+    name: str | None = None  # tap device name
+    bridge: str | None = None
+    mac: str | None = None
+
+
+@dataclass
+class MachineConfig:
+    kernel: str
+    initrd: str | None = None
+    cmdline: str = ""
+    memory_mib: int = 256
+    cpus: int = 1
+    disks: list[DiskConfig] = field(default_factory=list)
+    nets: list[NetConfig] = field(default_factory=list)
+    debug_exit: bool = False  # QEMU-compatible isa-debug-exit on port 0x501 (test guests)
+
+    def validate(self) -> None:
+        """Refuse impossible configurations with one clear line (ConfigError, exit status 2)."""
+        if not 1 <= self.cpus <= MAX_VCPUS:
+            raise ConfigError(f"--cpus must be between 1 and {MAX_VCPUS}, not {self.cpus}")
+        if self.memory_mib < MIN_MEMORY_MIB:
+            raise ConfigError(
+                f"--memory {self.memory_mib}M is too small (at least {MIN_MEMORY_MIB}M)"
+            )
+        host = host_memory_mib()
+        if self.memory_mib > host:
+            raise ConfigError(
+                f"--memory {self.memory_mib}M is more than this host has ({host}M)"
+            )
+        for label, path in (("kernel", self.kernel), ("initrd", self.initrd)):
+            if path is None:
+                continue
+            p = Path(path)
+            if not p.is_file():
+                raise ConfigError(f"{label} {path} does not exist or is not a file")
+            if not os.access(p, os.R_OK):
+                raise ConfigError(f"{label} {path} is not readable")
+        for disk in self.disks:
+            if not Path(disk.path).is_file():
+                raise ConfigError(f"disk {disk.path} does not exist")
+            if disk.format not in ("raw", "qcow2"):
+                raise ConfigError(f"disk {disk.path}: unknown format {disk.format!r}")
+
+    # -- wire format ------------------------------------------------------------------------
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> MachineConfig:
+        try:
+            raw = json.loads(text)
+            raw["disks"] = [DiskConfig(**d) for d in raw.get("disks", [])]
+            raw["nets"] = [NetConfig(**n) for n in raw.get("nets", [])]
+            return cls(**raw)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise ConfigError(f"bad machine configuration: {exc}") from None
