@@ -1,0 +1,115 @@
+"""Turn a :class:`~vnix.vmm.config.MachineConfig` into a QEMU command line: the one place that does.
+
+The QEMU driver (lifecycle, QMP) and ``vnix run --driver qemu`` both call :func:`qemu_argv`, so a
+machine looks the same whichever front end started it. The device model follows QEMU's
+documentation (``qemu-system-x86_64 -device help``, docs/system/invocation):
+
+* ``-nodefaults -no-user-config``: no default NIC, VGA, floppy, CD-ROM or monitor; only what the
+  configuration asks for exists, as with the native VMM.
+* disks: ``-drive if=none`` plus ``virtio-blk-pci`` (or ``virtio-blk-device`` on the virtio-mmio
+  based ``microvm`` machine), in order: the first disk is ``/dev/vda`` in a Linux guest.
+* nets: ``-netdev tap`` (or ``bridge`` through qemu-bridge-helper, or ``user``) plus
+  ``virtio-net-pci`` with the configured MAC.
+* a virtio balloon and a virtio RNG fed from ``/dev/urandom`` (a guest without them waits for
+  entropy and cannot give memory back).
+* ``-no-reboot``: a guest reboot ends QEMU, as a reboot ends the native VMM (exit status 10 there).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+from vnix.vmm.config import MachineConfig
+
+QEMU_X86 = "qemu-system-x86_64"
+
+# QEMU's isa-debug-exit device: a guest write of v to the port makes QEMU exit with (v << 1) | 1.
+DEBUG_EXIT_PORT = 0x501
+
+
+def _escape(value: str) -> str:
+    """QEMU option values are comma separated; a literal comma is written twice."""
+    return value.replace(",", ",,")
+
+
+def _virtio(kind: str, machine: str) -> str:
+    """``virtio-blk`` -> ``virtio-blk-pci`` on PCI machines, ``virtio-blk-device`` on microvm."""
+    return f"{kind}-device" if machine.startswith("microvm") else f"{kind}-pci"
+
+
+def qemu_argv(
+    config: MachineConfig,
+    *,
+    accel: Literal["kvm", "tcg"],
+    machine: str = "pc",
+    serial: str = "stdio",
+    qmp_socket: str | None = None,
+    vnc: str | None = None,
+    extra: Sequence[str] = (),
+    binary: str = QEMU_X86,
+) -> list[str]:
+    """The full argv (binary first) that boots ``config`` under QEMU.
+
+    ``serial`` is a QEMU chardev spec for the first serial port (``stdio``, ``mon:stdio`` for
+    Ctrl-A x / Ctrl-A c on a terminal, ``file:PATH``, ``unix:PATH,server=on,wait=off``, ``none``).
+    ``qmp_socket`` is a Unix socket path QEMU listens on for QMP (server, does not wait).
+    ``vnc`` is a VNC display (``127.0.0.1:5`` or ``unix:PATH``); without it there is no display.
+    ``extra`` is appended verbatim (last word wins in QEMU for most options).
+    """
+    if accel not in ("kvm", "tcg"):
+        raise ValueError(f"accel must be 'kvm' or 'tcg', not {accel!r}")
+    argv: list[str] = [
+        binary,
+        "-nodefaults",
+        "-no-user-config",
+        "-machine", machine,
+        "-accel", accel,
+        "-m", f"{config.memory_mib}M",
+        "-smp", str(config.cpus),
+        "-display", "none",
+        "-no-reboot",
+    ]
+    # KVM: give the guest the host's CPU model; TCG: QEMU's default model (qemu64), which every
+    # x86-64 kernel boots and which TCG emulates fully.
+    if accel == "kvm":
+        argv += ["-cpu", "host"]
+    argv += ["-kernel", config.kernel]
+    if config.initrd:
+        argv += ["-initrd", config.initrd]
+    if config.cmdline:
+        argv += ["-append", config.cmdline]
+    argv += ["-serial", serial]
+
+    for i, disk in enumerate(config.disks):
+        drive = f"file={_escape(disk.path)},if=none,id=disk{i},format={disk.format}"
+        if disk.readonly:
+            drive += ",readonly=on"
+        argv += ["-drive", drive, "-device", f"{_virtio('virtio-blk', machine)},drive=disk{i}"]
+
+    for i, net in enumerate(config.nets):
+        if net.kind == "user":
+            netdev = f"user,id=net{i}"
+        elif net.kind == "bridge" or (net.kind == "tap" and net.bridge and not net.name):
+            netdev = f"bridge,id=net{i},br={_escape(net.bridge or 'br0')}"
+        else:
+            netdev = f"tap,id=net{i},script=no,downscript=no"
+            if net.name:
+                netdev += f",ifname={_escape(net.name)}"
+        device = f"{_virtio('virtio-net', machine)},netdev=net{i}"
+        if net.mac:
+            device += f",mac={net.mac}"
+        argv += ["-netdev", netdev, "-device", device]
+
+    argv += ["-device", _virtio("virtio-balloon", machine)]
+    argv += [
+        "-object", "rng-random,id=rng0,filename=/dev/urandom",
+        "-device", f"{_virtio('virtio-rng', machine)},rng=rng0",
+    ]
+    if config.debug_exit:
+        argv += ["-device", f"isa-debug-exit,iobase={DEBUG_EXIT_PORT:#x},iosize=0x1"]
+    if qmp_socket:
+        argv += ["-qmp", f"unix:{_escape(qmp_socket)},server=on,wait=off"]
+    if vnc:
+        argv += ["-vnc", vnc]
+    argv += list(extra)
+    return argv
