@@ -1,0 +1,187 @@
+"""``kvm_run`` decoded once into small frozen values, one class per exit kind.
+
+After ``KVM_RUN`` returns, :func:`decode` reads the shared run page (``struct kvm_run``,
+Documentation/virt/kvm/api.rst section 5 "The kvm_run structure") and returns one of the
+classes below; the vCPU loop dispatches on them with ``match`` and never reads raw offsets.
+Exits that want an answer (:class:`IoIn`, :class:`MmioRead`) are completed with
+:func:`complete_io_in` / :func:`complete_mmio_read`, which write the data back into the run page
+where KVM picks it up on the next ``KVM_RUN``.
+
+The page is written by the kernel, but the decoder still checks that an I/O data area lies inside
+the page, so a corrupt page is reported as :class:`Unknown`, never as an out-of-bounds access.
+"""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Union
+
+from vnix.kvm import ioctls as k
+from vnix.kvm.structs import RUN_EXIT_REASON, RUN_EXIT_UNION
+
+_REASON = struct.Struct("<I")
+_IO = struct.Struct("<BBHIQ")  # direction, size, port, count, data_offset
+_MMIO = struct.Struct("<Q8sIB")  # phys_addr, data[8], len, is_write
+_TWO_U32 = struct.Struct("<II")
+_U64 = struct.Struct("<Q")
+_FAIL = struct.Struct("<QI")
+_MMIO_DATA = RUN_EXIT_UNION + 8
+_MAX_DATA = 16
+
+
+@dataclass(frozen=True, slots=True)
+class IoOut:
+    """``out``/``outs``: ``data`` holds ``count`` items of ``size`` bytes, little-endian."""
+
+    port: int
+    size: int
+    data: bytes
+    count: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class IoIn:
+    """``in``/``ins``: the VMM must supply ``size * count`` bytes (see :func:`complete_io_in`)."""
+
+    port: int
+    size: int
+    count: int = 1
+    data_offset: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class MmioRead:
+    addr: int
+    len: int
+
+
+@dataclass(frozen=True, slots=True)
+class MmioWrite:
+    addr: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Hlt:
+    """The guest halted with the in-kernel LAPIC absent (or KVM chose to exit on HLT)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Shutdown:
+    """KVM_EXIT_SHUTDOWN: a triple fault (or another shutdown condition) in the guest."""
+
+
+@dataclass(frozen=True, slots=True)
+class SystemEvent:
+    """KVM_EXIT_SYSTEM_EVENT: ``type`` is KVM_SYSTEM_EVENT_SHUTDOWN / RESET / CRASH."""
+
+    type: int
+    data: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class InternalError:
+    """KVM_EXIT_INTERNAL_ERROR: ``suberror`` 1 is "emulation failure"."""
+
+    suberror: int
+    data: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class FailEntry:
+    """KVM_EXIT_FAIL_ENTRY: the hardware refused to enter the guest."""
+
+    reason: int
+    cpu: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Intr:
+    """KVM_RUN was interrupted by a signal (a kick) or ``immediate_exit``."""
+
+
+@dataclass(frozen=True, slots=True)
+class Unknown:
+    """An exit the VMM does not handle; ``reason`` is kvm_run.exit_reason."""
+
+    reason: int
+
+
+Exit = Union[
+    IoOut, IoIn, MmioRead, MmioWrite, Hlt, Shutdown, SystemEvent, InternalError, FailEntry, Intr, Unknown
+]
+
+HLT = Hlt()
+SHUTDOWN = Shutdown()
+INTR = Intr()
+
+# Counter names: the key each exit is counted under in the VMM's statistics.
+EXIT_NAMES: dict[type, str] = {
+    IoOut: "io_out",
+    IoIn: "io_in",
+    MmioRead: "mmio_read",
+    MmioWrite: "mmio_write",
+    Hlt: "hlt",
+    Shutdown: "shutdown",
+    SystemEvent: "system_event",
+    InternalError: "internal_error",
+    FailEntry: "fail_entry",
+    Intr: "intr",
+    Unknown: "unknown",
+}
+
+
+def decode(page: bytes | bytearray | memoryview) -> Exit:
+    """Turn the run page after KVM_RUN into one exit value."""
+    (reason,) = _REASON.unpack_from(page, RUN_EXIT_REASON)
+    if reason == k.KVM_EXIT_IO:
+        direction, size, port, count, offset = _IO.unpack_from(page, RUN_EXIT_UNION)
+        length = size * count
+        if size not in (1, 2, 4) or offset < RUN_EXIT_UNION or offset + length > len(page):
+            return Unknown(reason)
+        if direction == k.KVM_EXIT_IO_OUT:
+            return IoOut(port, size, bytes(page[offset : offset + length]), count)
+        return IoIn(port, size, count, offset)
+    if reason == k.KVM_EXIT_MMIO:
+        addr, data, length, is_write = _MMIO.unpack_from(page, RUN_EXIT_UNION)
+        if not 1 <= length <= 8:
+            return Unknown(reason)
+        if is_write:
+            return MmioWrite(addr, data[:length])
+        return MmioRead(addr, length)
+    if reason == k.KVM_EXIT_HLT:
+        return HLT
+    if reason == k.KVM_EXIT_INTR:
+        return INTR
+    if reason == k.KVM_EXIT_SHUTDOWN:
+        return SHUTDOWN
+    if reason == k.KVM_EXIT_SYSTEM_EVENT:
+        etype, ndata = _TWO_U32.unpack_from(page, RUN_EXIT_UNION)
+        return SystemEvent(etype, _u64s(page, RUN_EXIT_UNION + 8, ndata))
+    if reason == k.KVM_EXIT_INTERNAL_ERROR:
+        suberror, ndata = _TWO_U32.unpack_from(page, RUN_EXIT_UNION)
+        return InternalError(suberror, _u64s(page, RUN_EXIT_UNION + 8, ndata))
+    if reason == k.KVM_EXIT_FAIL_ENTRY:
+        hw_reason, cpu = _FAIL.unpack_from(page, RUN_EXIT_UNION)
+        return FailEntry(hw_reason, cpu)
+    return Unknown(reason)
+
+
+def _u64s(page: bytes | bytearray | memoryview, offset: int, n: int) -> tuple[int, ...]:
+    n = min(n, _MAX_DATA)
+    return struct.unpack_from(f"<{n}Q", page, offset) if n else ()
+
+
+def complete_io_in(page: bytearray | memoryview, exit: IoIn, data: bytes) -> None:
+    """Give the guest the bytes of an ``in``: exactly ``size * count`` of them."""
+    want = exit.size * exit.count
+    if len(data) != want:
+        raise ValueError(f"IoIn port {exit.port:#x} needs {want} bytes, got {len(data)}")
+    page[exit.data_offset : exit.data_offset + want] = data
+
+
+def complete_mmio_read(page: bytearray | memoryview, exit: MmioRead, data: bytes) -> None:
+    """Give the guest the bytes of an MMIO read: exactly ``len`` of them."""
+    if len(data) != exit.len:
+        raise ValueError(f"MmioRead {exit.addr:#x} needs {exit.len} bytes, got {len(data)}")
+    page[_MMIO_DATA : _MMIO_DATA + exit.len] = data
