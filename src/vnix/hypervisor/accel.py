@@ -1,0 +1,55 @@
+"""Which QEMU accelerator to use on this host: KVM where it is hardware-assisted, TCG where it is
+not (a software-nested ``kvm_pvm`` host emulates guest kernel code ~1000x slower, see
+shared/notes/kvm-on-these-machines.md: the tiny Linux guest boots in ~8 s under TCG and in
+minutes under that KVM). The user can force either.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from vnix.hypervisor.errors import DriverUnavailable
+
+
+def _host_recommendation() -> Literal["kvm", "tcg"] | None:
+    """What ``vnix host check`` recommends, once vnix.host exists; None if it does not."""
+    try:
+        from vnix.host import recommended_driver  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    try:
+        answer = str(recommended_driver()).lower()
+    except Exception:  # the host check is advice; fall back to our own look
+        return None
+    if "tcg" in answer:
+        return "tcg"
+    if "kvm" in answer:
+        return "kvm"
+    return None
+
+
+def hardware_kvm() -> bool:
+    """True if /dev/kvm is usable and backed by VT-x/AMD-V (not the software-nested kvm_pvm)."""
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return False
+    if Path("/sys/module/kvm_pvm").exists():
+        return False
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(f in flags.split() for f in ("vmx", "svm"))
+
+
+def choose_accel(requested: str = "auto") -> Literal["kvm", "tcg"]:
+    """``auto`` -> the host's recommendation; ``kvm``/``tcg`` are honoured if possible."""
+    if requested == "tcg":
+        return "tcg"
+    if requested == "kvm":
+        if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+            raise DriverUnavailable("accel kvm asked for, but /dev/kvm is missing or not writable")
+        return "kvm"
+    if requested != "auto":
+        raise DriverUnavailable(f"unknown accelerator {requested!r} (auto, kvm or tcg)")
+    return _host_recommendation() or ("kvm" if hardware_kvm() else "tcg")
