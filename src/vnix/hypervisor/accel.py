@@ -13,20 +13,16 @@ from vnix.hypervisor.errors import DriverUnavailable
 
 
 def _host_recommendation() -> Literal["kvm", "tcg"] | None:
-    """What ``vnix host check`` recommends, once vnix.host exists; None if it does not."""
+    """What ``vnix host check`` says (vnix.host.kvm_status: hardware / software-nested / ...)."""
     try:
-        from vnix.host import recommended_driver  # type: ignore[attr-defined]
+        from vnix.host import kvm_status
     except ImportError:
         return None
     try:
-        answer = str(recommended_driver()).lower()
+        kind, _why = kvm_status()
     except Exception:  # the host check is advice; fall back to our own look
         return None
-    if "tcg" in answer:
-        return "tcg"
-    if "kvm" in answer:
-        return "kvm"
-    return None
+    return "kvm" if kind == "hardware" else "tcg"
 
 
 def hardware_kvm() -> bool:
