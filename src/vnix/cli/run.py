@@ -1,4 +1,172 @@
-"""`vnix run` (placeholder until its issue's code lands)."""
+"""``vnix run``: boot a guest with its serial console on the terminal, or run one command in it.
+
+    vnix run --image tiny                       a shell on the guest's console (Ctrl-A x quits)
+    vnix run --image tiny --cpus 2 -- nproc     boot, run nproc, print its output, exit with its
+                                                status (like ``docker run``)
+
+The driver is the native VMM where KVM is hardware-assisted and QEMU with TCG elsewhere
+(:func:`vnix.host.recommended_driver`); ``--driver``/``--accel`` override it.
+"""
 from __future__ import annotations
 
-from vnix.cli.main import app  # noqa: F401
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Literal
+
+import typer
+
+from vnix.cli.main import app, err_console
+from vnix.errors import UsageError
+from vnix.vmm import BootError, ConfigError
+from vnix.vmm.config import DiskConfig, MachineConfig, parse_size_mib
+
+# Below this a stock Debian kernel with the tiny initramfs runs out of memory while unpacking.
+LINUX_MIN_MEMORY_MIB = 64
+# What the kernel needs besides the initrd while it unpacks it (kernel image, page tables, slab).
+_LINUX_OVERHEAD_MIB = 48
+
+
+def kernel_format(path: str) -> Literal["bzImage", "elf"]:
+    """Check the kernel's magic before any VMM sees it: a bzImage has 0xAA55 at 0x1FE and "HdrS"
+    at 0x202 (Documentation/arch/x86/boot.rst, "The real-mode kernel header"); an ELF (PVH
+    entry or vmlinux) starts with \\x7fELF."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(0x206)
+    except OSError as exc:
+        raise BootError(f"cannot read kernel {path}: {exc.strerror}") from None
+    if head[:4] == b"\x7fELF":
+        return "elf"
+    if len(head) >= 0x206 and head[0x1FE:0x200] == b"\x55\xaa" and head[0x202:0x206] == b"HdrS":
+        return "bzImage"
+    raise BootError(f"kernel {path} is neither a bzImage nor an ELF file (bad magic)")
+
+
+def check_linux_fit(config: MachineConfig) -> None:
+    """A Linux guest needs room for itself and its unpacked initrd."""
+    if config.memory_mib < LINUX_MIN_MEMORY_MIB:
+        raise ConfigError(f"--memory {config.memory_mib}M is too small for a Linux guest "
+                          f"(at least {LINUX_MIN_MEMORY_MIB}M)")
+    if config.initrd:
+        initrd_mib = -(-os.path.getsize(config.initrd) // (1024 * 1024))
+        kernel_mib = -(-os.path.getsize(config.kernel) // (1024 * 1024))
+        need = initrd_mib * 2 + kernel_mib + _LINUX_OVERHEAD_MIB  # archive + unpacked copy
+        if need > config.memory_mib:
+            raise ConfigError(f"initrd {config.initrd} ({initrd_mib} MiB) does not fit in "
+                              f"--memory {config.memory_mib}M (needs about {need}M)")
+
+
+def _choose_driver(driver: str | None, accel: str | None) -> tuple[str, str | None, str]:
+    """(driver, accel, reason line) from the flags and the host."""
+    from vnix.host import recommended_driver
+
+    if driver not in (None, "native", "qemu"):
+        raise UsageError(f"--driver must be native or qemu, not {driver!r}")
+    if accel not in (None, "kvm", "tcg"):
+        raise UsageError(f"--accel must be kvm or tcg, not {accel!r}")
+    if driver == "native" and accel == "tcg":
+        raise UsageError("--accel tcg needs --driver qemu (the native VMM runs on KVM only)")
+    if driver is None and accel is not None:
+        driver = "qemu"
+    if driver == "native":
+        return "native", None, "vnix: using the native VMM (--driver native)"
+    rec, why = recommended_driver()
+    if driver == "qemu":
+        chosen = accel or ("kvm" if rec == "native" else "tcg")
+        return "qemu", chosen, f"vnix: using QEMU with {chosen.upper()}"
+    if rec == "native":
+        return "native", None, f"vnix: using the native VMM: {why}"
+    return "qemu", "tcg", f"vnix: using QEMU with TCG: {why}"
+
+
+def _native_argv(config: MachineConfig, stats_path: str | None) -> list[str]:
+    argv = [sys.executable, "-m", "vnix.vmm", "--kernel", config.kernel,
+            "--memory", f"{config.memory_mib}M", "--cpus", str(config.cpus)]
+    if config.initrd:
+        argv += ["--initrd", config.initrd]
+    if config.cmdline:
+        argv += ["--cmdline", config.cmdline]
+    for disk in config.disks:
+        argv += ["--disk", disk.path]
+    if stats_path:
+        argv += ["--stats-json", stats_path]
+    return argv
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
+def run(
+    ctx: typer.Context,
+    image: str = typer.Option("tiny", "--image", help="Image to boot (tiny)."),
+    cpus: int = typer.Option(1, "--cpus", help="Number of vCPUs."),
+    memory: str = typer.Option("256M", "--memory", help="Guest memory (256M, 4G, ...)."),
+    kernel: str | None = typer.Option(None, "--kernel", help="Kernel (bzImage or ELF) instead of the image's."),
+    initrd: str | None = typer.Option(None, "--initrd", help="Initramfs instead of the image's."),
+    cmdline: str | None = typer.Option(None, "--cmdline", help="Kernel command line instead of the image's."),
+    disk: list[str] = typer.Option([], "--disk", help="Extra disk image (raw or qcow2); repeatable."),
+    driver: str | None = typer.Option(None, "--driver", help="native or qemu (default: by host)."),
+    accel: str | None = typer.Option(None, "--accel", help="kvm or tcg (QEMU driver)."),
+    stats: bool = typer.Option(False, "--stats", help="Print timings (and VMM exit counters)."),
+    timeout: float | None = typer.Option(None, "--timeout", help="Kill the VM after this many seconds."),
+) -> None:
+    """Boot a guest on this terminal; with `-- CMD ARGS` run CMD in it and exit with its status."""
+    from vnix.console.session import attach, run_command
+    from vnix.hypervisor.qemu_cmdline import qemu_argv
+    from vnix.images.guest_init import check_cmdline, encode_command
+    from vnix.images.store import load_image
+
+    command = list(ctx.args)
+    config = MachineConfig(kernel="", memory_mib=parse_size_mib(memory), cpus=cpus)
+    img = load_image(image) if not (kernel and initrd is not None) else None
+    config.kernel = kernel or str(img.kernel if img else "")
+    config.initrd = initrd if initrd is not None else (str(img.initrd) if img else None)
+    config.initrd = config.initrd or None
+    base = cmdline if cmdline is not None else (img.cmdline if img else "console=ttyS0 panic=-1")
+    if img and img.rootfs and not kernel:
+        # a private copy-on-write view would be better; the image's disk is shared read-write
+        config.disks.append(DiskConfig(str(img.rootfs)))
+    for path in disk:
+        fmt = "qcow2" if path.endswith(".qcow2") else "raw"
+        config.disks.append(DiskConfig(path, format=fmt))
+    if command:
+        base = f"{base} {encode_command(command)}"
+    config.cmdline = base.strip()
+    config.validate()
+    fmt = kernel_format(config.kernel)
+    if fmt == "bzImage":
+        check_linux_fit(config)
+    check_cmdline(config.cmdline)
+
+    chosen, chosen_accel, reason = _choose_driver(driver, accel)
+    err_console.print(reason, markup=False)
+    stats_path: str | None = None
+    if chosen == "native":
+        if stats:
+            stats_path = tempfile.mktemp(prefix="vnix-stats-", suffix=".json")
+        argv = _native_argv(config, stats_path)
+    else:
+        argv = qemu_argv(config, accel=chosen_accel or "tcg",  # type: ignore[arg-type]
+                         serial="stdio" if command else "mon:stdio")
+
+    if command:
+        result = run_command(argv, timeout=timeout)
+    else:
+        result = attach(argv, watch=stats)
+    if stats:
+        for line in result.timings.lines():
+            err_console.print(f"vnix: stats: {line}", markup=False)
+        if stats_path and Path(stats_path).is_file():
+            counters = json.loads(Path(stats_path).read_text())
+            Path(stats_path).unlink()
+            for key, value in (counters.get("exits", counters) or {}).items():
+                err_console.print(f"vnix: stats: exits {key:<24} {value}", markup=False)
+    if command:
+        if result.command_status is None:
+            err_console.print(f"vnix: error: the guest ended before the command finished "
+                              f"(VM exit status {result.process_status}): {result.failure_hint()}",
+                              markup=False)
+            sys.exit(1)
+        sys.exit(result.command_status)
+    sys.exit(0 if result.process_status in (0,) else result.process_status)
