@@ -1,0 +1,136 @@
+"""The i8042 keyboard controller, enough for a guest to find it and to reset the machine.
+
+Ports (IBM PC/AT technical reference; Linux drivers/input/serio/i8042.h): 0x60 data,
+0x64 status (read) / command (write). Command 0xFE pulses the CPU reset line: the VMM ends with
+the reboot status. No keyboard is attached: keyboard commands get ACK (0xFA) so that probing
+guests carry on, and no scancodes are ever produced.
+"""
+from __future__ import annotations
+
+import threading
+from collections import deque
+from typing import Callable
+
+DATA_PORT = 0x60
+COMMAND_PORT = 0x64
+IRQ_KEYBOARD = 1
+
+# status register
+STATUS_OBF = 0x01  # output buffer full (data for the guest at 0x60)
+STATUS_IBF = 0x02  # input buffer full (never: we consume at once)
+STATUS_SYS = 0x04  # system flag: POST passed
+STATUS_CMD = 0x08  # last write was to 0x64
+
+# controller commands
+CMD_READ_CTR = 0x20
+CMD_WRITE_CTR = 0x60
+CMD_DISABLE_AUX = 0xA7
+CMD_ENABLE_AUX = 0xA8
+CMD_TEST_AUX = 0xA9
+CMD_SELF_TEST = 0xAA
+CMD_TEST_KBD = 0xAB
+CMD_DISABLE_KBD = 0xAD
+CMD_ENABLE_KBD = 0xAE
+CMD_READ_OUTPORT = 0xD0
+CMD_WRITE_OUTPORT = 0xD1
+CMD_WRITE_AUX = 0xD4
+CMD_PULSE_RESET = 0xFE
+
+CTR_KBD_INT = 0x01
+KBD_ACK = 0xFA
+KBD_RESET = 0xFF
+KBD_BAT_OK = 0xAA
+KBD_IDENTIFY = 0xF2
+
+
+class I8042:
+    """The controller at 0x60-0x64 (the bus maps 0x60..0x64 as one 5-port range)."""
+
+    def __init__(self, on_reset: Callable[[], None], irq: Callable[[int], None]) -> None:
+        self._on_reset = on_reset
+        self._irq = irq
+        self._lock = threading.Lock()
+        self.ctr = 0x45  # keyboard interrupt on, system flag, translation (a BIOS's setting)
+        self.status = STATUS_SYS
+        self.outport = 0x01  # bit 0: the CPU is not held in reset
+        self.out: deque[int] = deque()
+        self._expect: int | None = None  # a command waiting for its data byte at 0x60
+
+    def _queue(self, *values: int) -> None:
+        self.out.extend(values)
+        self.status |= STATUS_OBF
+
+    def read(self, offset: int, size: int) -> bytes:
+        if size != 1:
+            return b"\xff" * size
+        with self._lock:
+            if offset == 0:
+                value = self.out.popleft() if self.out else 0
+                if not self.out:
+                    self.status &= ~STATUS_OBF
+                return bytes([value])
+            if offset == 4:
+                return bytes([self.status])
+        return b"\xff"
+
+    def write(self, offset: int, data: bytes) -> None:
+        if len(data) != 1:
+            return
+        value = data[0]
+        reset = False
+        with self._lock:
+            had_data = bool(self.out)
+            if offset == 4:
+                self.status |= STATUS_CMD
+                reset = self._command(value)
+            elif offset == 0:
+                self.status &= ~STATUS_CMD
+                reset = self._data(value)
+            raise_irq = not had_data and self.out and self.ctr & CTR_KBD_INT
+        if raise_irq:
+            self._irq(1)  # an edge on IRQ 1 for the new byte
+            self._irq(0)
+        if reset:
+            self._on_reset()
+
+    def _command(self, cmd: int) -> bool:
+        self._expect = None
+        if cmd == CMD_READ_CTR:
+            self._queue(self.ctr)
+        elif cmd in (CMD_WRITE_CTR, CMD_WRITE_OUTPORT, CMD_WRITE_AUX):
+            self._expect = cmd
+        elif cmd == CMD_SELF_TEST:
+            self._queue(0x55)
+        elif cmd in (CMD_TEST_KBD, CMD_TEST_AUX):
+            self._queue(0x00)
+        elif cmd == CMD_READ_OUTPORT:
+            self._queue(self.outport)
+        elif cmd == CMD_DISABLE_KBD:
+            self.ctr |= 0x10
+        elif cmd == CMD_ENABLE_KBD:
+            self.ctr &= ~0x10
+        elif cmd == CMD_DISABLE_AUX:
+            self.ctr |= 0x20
+        elif cmd == CMD_ENABLE_AUX:
+            self.ctr &= ~0x20
+        elif cmd == CMD_PULSE_RESET or (0xF0 <= cmd <= 0xFF and not cmd & 0x01):
+            # 0xF0-0xFF pulse output-port lines; bit 0 low pulses reset (0xFE is the usual one).
+            return True
+        return False
+
+    def _data(self, value: int) -> bool:
+        expect, self._expect = self._expect, None
+        if expect == CMD_WRITE_CTR:
+            self.ctr = value
+        elif expect == CMD_WRITE_OUTPORT:
+            self.outport = value
+            return not value & 0x01  # output port bit 0 low holds the CPU in reset
+        elif expect == CMD_WRITE_AUX:
+            pass  # no mouse: the byte goes nowhere (the guest times out, as with no mouse)
+        elif value == KBD_RESET:
+            self._queue(KBD_ACK, KBD_BAT_OK)
+        elif value == KBD_IDENTIFY:
+            self._queue(KBD_ACK, 0xAB, 0x83)
+        else:
+            self._queue(KBD_ACK)
+        return False
