@@ -198,12 +198,19 @@ user_trampoline:		/* runs in ring 3 */
 	movq %rsi, %rdi
 	call *%rax
 	movq %rax, %rdi
-	int $0x80		/* back to ring 0: isr_dispatch calls user_return(rdi) */
+	/* Back to ring 0 through an exception at a known address: isr_dispatch sees #UD at
+	 * user_exit_point from CPL 3 and calls user_return(rdi). Under this machine's kvm_pvm,
+	 * `int 0x80` from ring 3 raises #UD and SYSCALL leaves the CPU at CPL 3; exceptions are
+	 * delivered through the IDT like on hardware. */
+	.globl user_exit_point
+user_exit_point:
 	ud2
 
 /* void user_return(uint64_t value): resume the kernel context user_call saved. */
 user_return:
 	movq user_saved_rsp, %rsp
+	pushq $2		/* rflags as ring 0 expects them: IOPL 0, IF 0 */
+	popfq
 	movq %rdi, %rax
 	popq %r15
 	popq %r14

@@ -19,6 +19,7 @@ struct tss64 {
 
 extern char isr_stubs[];
 extern uint64_t gdt_tss[2];
+extern char user_exit_point[];
 void user_return(uint64_t value) __attribute__((noreturn));
 
 static struct idt_gate idt[256] __attribute__((aligned(16)));
@@ -26,7 +27,6 @@ static irq_handler_t handlers[256];
 static struct tss64 tss __attribute__((aligned(16)));
 static uint8_t irq_stack[16384] __attribute__((aligned(16)));
 
-#define SYSCALL_RETURN 0x80
 #define SPURIOUS 0xff
 
 static const char *const exc_names[32] = {
@@ -44,8 +44,8 @@ void idt_init(void)
 {
 	for (int v = 0; v < 256; v++) {
 		uint64_t a = (uint64_t)isr_stubs + 16 * (uint64_t)v;
-		/* 0x8e: present interrupt gate, DPL 0; the ring-3 return vector has DPL 3 (0xee). */
-		idt[v] = (struct idt_gate){ (uint16_t)a, 0x08, 0, v == SYSCALL_RETURN ? 0xee : 0x8e,
+		/* 0x8e: present 64-bit interrupt gate, DPL 0. */
+		idt[v] = (struct idt_gate){ (uint16_t)a, 0x08, 0, 0x8e,
 					    (uint16_t)(a >> 16), (uint32_t)(a >> 32), 0 };
 	}
 	idt_load();
@@ -68,8 +68,8 @@ void isr_dispatch(struct irq_frame *f)
 		handlers[v](f);
 		return;
 	}
-	if (v == SYSCALL_RETURN && (f->cs & 3) == 3)
-		user_return(f->rdi);
+	if (v == 6 && (f->cs & 3) == 3 && f->rip == (uint64_t)user_exit_point)
+		user_return(f->rdi);	/* a ring-3 function finished (entry.S, user_trampoline) */
 	if (v == SPURIOUS)
 		return;
 	uint64_t cr2;
