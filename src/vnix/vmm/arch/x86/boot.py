@@ -145,12 +145,16 @@ def _load_bzimage(mem: GuestMemory, path: str, data: bytes, initrd_path: str | N
     if hdr.syssize * 16 > len(payload) + 15:
         raise BootError(f"kernel {path} is truncated: its header says {hdr.syssize * 16} bytes "
                         f"of 32/64-bit code, the file has {len(payload)}")
-    kernel_end = KERNEL_LOAD_ADDR + max(len(payload), hdr.init_size)
+    # The decompressor (arch/x86/boot/compressed/head_64.S) unpacks at the load address
+    # rounded up to kernel_alignment but never below LOAD_PHYSICAL_ADDR (= pref_address), and
+    # needs init_size bytes there: that whole range must be RAM and stay clear of the initrd.
+    runs_at = max(KERNEL_LOAD_ADDR, hdr.pref_address)
+    kernel_end = max(KERNEL_LOAD_ADDR + len(payload), runs_at + hdr.init_size)
     top = low_ram_top(mem.size)
     if kernel_end > top:
-        raise BootError(f"kernel {path} needs {(kernel_end - KERNEL_LOAD_ADDR) // MiB + 1} MiB "
-                        f"above 1 MiB to unpack (init_size); the guest has "
-                        f"{(top - KERNEL_LOAD_ADDR) // MiB} MiB there")
+        raise BootError(f"kernel {path} needs {-(-kernel_end // MiB)} MiB of RAM to unpack "
+                        f"(pref_address {runs_at:#x} + init_size {hdr.init_size:#x}); the "
+                        f"guest has {top // MiB} MiB")
     mem.write(KERNEL_LOAD_ADDR, payload)
 
     raw_cmdline = _cmdline_bytes(cmdline, min(hdr.cmdline_size, CMDLINE_MAX_SIZE - 1),

@@ -3,7 +3,7 @@
 ::
 
     0x0000_0000  real-mode IVT + BIOS data area (left zero; Linux does not need them)
-    0x0000_0500  GDT (BOOT_GDT_ADDR), then a zero IDT at 0x520
+    0x0000_0500  GDT (BOOT_GDT_ADDR, up to 8 entries), then a null IDT at 0x540
     0x0000_6000  PVH hvm_start_info, modlist at 0x6040, memmap at 0x6100
     0x0000_7000  Linux boot_params ("zero page"), one 4 KiB page
     0x0000_8ff0  initial stack pointer (grows down into 0x8000..0x8ff0)
@@ -37,7 +37,7 @@ PAGE_SIZE = 4096
 # -- low memory: boot structures written by the loader ---------------------------------------
 BOOT_GDT_ADDR = 0x500  # Firecracker's BOOT_GDT_OFFSET; 8 entries max
 BOOT_GDT_MAX_ENTRIES = 8
-BOOT_IDT_ADDR = 0x520  # a null IDT (limit 7) until the kernel loads its own
+BOOT_IDT_ADDR = 0x540  # a null IDT (limit 7) until the kernel loads its own; past the GDT
 PVH_INFO_ADDR = 0x6000  # struct hvm_start_info (56 bytes)
 PVH_MODLIST_ADDR = 0x6040  # struct hvm_modlist_entry[] (32 bytes each; one for the initrd)
 PVH_MEMMAP_ADDR = 0x6100  # struct hvm_memmap_table_entry[] (24 bytes each)
