@@ -29,11 +29,12 @@ void testkit_main(void)
 	lapic_write(LAPIC_LVT_TIMER, LAPIC_TIMER_VECTOR);	/* one-shot, unmasked */
 	lapic_write(LAPIC_TIMER_INIT, 100000);
 	uint64_t dl = deadline_ms(5000);
-	while ((pit_irqs < PIT_TICKS_WANTED || !lapic_irqs) && !past(dl)) {
-		sti();
+	/* Interrupts stay enabled across the whole wait: a `sti; pause; cli` window is too short
+	 * for emulators that check for interrupts only between translated blocks (QEMU TCG). */
+	sti();
+	while ((pit_irqs < PIT_TICKS_WANTED || !lapic_irqs) && !past(dl))
 		cpu_relax();
-		cli();
-	}
+	cli();
 	ioapic_mask(gsi);
 	uint32_t lapic_after = lapic_irqs;
 	delay_us(20000);	/* a one-shot must not fire again */
