@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Literal
 import typer
 
 from vnix.cli.main import app, err_console
-from vnix.errors import UsageError
+from vnix.errors import UsageError, VnixError
 from vnix.vmm import BootError, ConfigError
 from vnix.vmm.config import DiskConfig, MachineConfig, parse_size_mib
 
@@ -96,6 +97,19 @@ def _native_argv(config: MachineConfig, stats_path: str | None) -> list[str]:
     return argv
 
 
+def _overlay(base: Path, directory: Path) -> str:
+    """A qcow2 overlay over the raw image ``base`` (qemu-img create -b), in ``directory``."""
+    overlay = directory / "rootfs.qcow2"
+    try:
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(base), "-F", "raw",
+                        str(overlay)], check=True, capture_output=True, text=True, timeout=30)
+    except FileNotFoundError:
+        raise UsageError("qemu-img not found: install qemu-utils") from None
+    except subprocess.CalledProcessError as exc:
+        raise VnixError(f"qemu-img create failed: {exc.stderr.strip()}") from None
+    return str(overlay)
+
+
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
 def run(
     ctx: typer.Context,
@@ -124,9 +138,7 @@ def run(
     config.initrd = initrd if initrd is not None else (str(img.initrd) if img else None)
     config.initrd = config.initrd or None
     base = cmdline if cmdline is not None else (img.cmdline if img else "console=ttyS0 panic=-1")
-    if img and img.rootfs and not kernel:
-        # a private copy-on-write view would be better; the image's disk is shared read-write
-        config.disks.append(DiskConfig(str(img.rootfs)))
+    use_rootfs = bool(img and img.rootfs and not kernel)
     for path in disk:
         fmt = "qcow2" if path.endswith(".qcow2") else "raw"
         config.disks.append(DiskConfig(path, format=fmt))
@@ -141,6 +153,11 @@ def run(
 
     chosen, chosen_accel, reason = _choose_driver(driver, accel)
     err_console.print(reason, markup=False)
+    workdir = tempfile.TemporaryDirectory(prefix="vnix-run-")
+    if use_rootfs and chosen == "qemu" and img and img.rootfs:
+        # Like a container's writable layer: the guest writes to a throwaway qcow2 overlay, so
+        # the image stays pristine and two guests never share one writable ext4.
+        config.disks.insert(0, DiskConfig(_overlay(img.rootfs, Path(workdir.name)), format="qcow2"))
     stats_path: str | None = None
     if chosen == "native":
         if stats:
@@ -150,10 +167,13 @@ def run(
         argv = qemu_argv(config, accel=chosen_accel or "tcg",  # type: ignore[arg-type]
                          serial="stdio" if command else "mon:stdio")
 
-    if command:
-        result = run_command(argv, timeout=timeout)
-    else:
-        result = attach(argv, watch=stats)
+    try:
+        if command:
+            result = run_command(argv, timeout=timeout)
+        else:
+            result = attach(argv, watch=stats)
+    finally:
+        workdir.cleanup()
     if stats:
         for line in result.timings.lines():
             err_console.print(f"vnix: stats: {line}", markup=False)
