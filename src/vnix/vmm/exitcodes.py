@@ -40,7 +40,12 @@ def debug_exit_status(value: int) -> int:
 
 @dataclass(frozen=True)
 class Stop:
-    """Why the VM stops: the process exit status and a short human reason."""
+    """Why the VM stops: the process exit status and a short human reason.
+
+    ``report`` is False for endings the guest asked for on purpose and that QEMU does not
+    comment on either (poweroff, isa-debug-exit): their reason is not printed on stderr.
+    """
 
     status: int
     reason: str
+    report: bool = True

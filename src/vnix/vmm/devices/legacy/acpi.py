@@ -46,7 +46,7 @@ class AcpiRegisters:
         value = data[0]
         if offset == SLEEP_CONTROL and value & SLP_EN:
             if (value >> SLP_TYP_SHIFT) & SLP_TYP_MASK == SLP_TYP_S5:
-                self._on_stop(Stop(POWEROFF, "guest powered off (ACPI S5)"))
+                self._on_stop(Stop(POWEROFF, "guest powered off (ACPI S5)", report=False))
             else:
                 self.ignored_sleeps += 1
         elif offset == RESET and value == RESET_VALUE:

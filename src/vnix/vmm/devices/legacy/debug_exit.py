@@ -23,4 +23,4 @@ class DebugExit:
 
     def write(self, offset: int, data: bytes) -> None:
         value = int.from_bytes(data, "little")
-        self._on_stop(Stop(debug_exit_status(value), f"guest wrote {value:#x} to isa-debug-exit"))
+        self._on_stop(Stop(debug_exit_status(value), f"guest wrote {value:#x} to isa-debug-exit", report=False))

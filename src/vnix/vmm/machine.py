@@ -1,0 +1,309 @@
+"""Build and run one VM: KVM objects, guest RAM, devices, vCPUs, the boot state.
+
+Order of construction (each step's failure is reported with what failed):
+
+1. open /dev/kvm and check every capability vnix relies on (named if missing);
+2. create the VM; TSS at 0xfffbd000 and identity-map page at 0xfffbc000 (needed by Intel VMX for
+   real mode; the three TSS pages and the EPT identity page sit just below the 4 GiB BIOS area,
+   as in Firecracker and QEMU); in-kernel PIC+IOAPIC (KVM_CREATE_IRQCHIP) and PIT (KVM_CREATE_PIT2);
+3. guest RAM from ``arch.x86.layout.ram_regions`` in :class:`GuestMemory`, one KVM slot a region;
+4. devices on the port-I/O bus (COM1, i8042, CMOS, pvpanic, ACPI sleep/reset, debug-exit);
+5. vCPUs: CPUID from ``arch.x86.cpuid.guest_cpuid`` on each, boot MSRs, LAPIC LINT0 = ExtINT and
+   LINT1 = NMI (what Firecracker's ``set_lint`` does, so the PIC's interrupts reach vCPU 0);
+6. the kernel via ``arch.x86.boot.load_kernel``; its :class:`BootCpuState` goes into vCPU 0.
+   Application processors stay in KVM_MP_STATE_UNINITIALIZED until the guest sends INIT/SIPI.
+"""
+from __future__ import annotations
+
+import ctypes
+import signal
+import struct
+import threading
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+from vnix.kvm import Kvm, Vcpu, Vm
+from vnix.kvm import ioctls as k
+from vnix.kvm import structs as ks
+from vnix.vmm import BootError
+from vnix.vmm.arch.x86.cpu_state import BootCpuState, CpuidEntry, MsrEntry, Segment
+from vnix.vmm.config import MachineConfig
+from vnix.vmm.console import Console
+from vnix.vmm.devices.bus import MmioBus, PioBus
+from vnix.vmm.devices.legacy import acpi, debug_exit, i8042, pvpanic, rtc, serial
+from vnix.vmm.exitcodes import POWEROFF, REBOOT, Stop
+from vnix.vmm.memory import GuestMemory
+from vnix.vmm.stats import Stats
+from vnix.vmm.vcpu import VcpuThread, install_kick_handler
+
+TSS_ADDR = 0xFFFBD000
+IDENTITY_MAP_ADDR = 0xFFFBC000
+
+# Local APIC register offsets and LVT delivery modes (Intel SDM vol. 3, 10.5.1 "Local Vector Table").
+APIC_LVT_LINT0 = 0x350
+APIC_LVT_LINT1 = 0x360
+APIC_MODE_NMI = 0x4
+APIC_MODE_EXTINT = 0x7
+
+I8042_PORT_COUNT = 5  # 0x60..0x64 (0x61 is the PIT's, handled in the kernel before us)
+CMOS_PORT_COUNT = 2
+
+
+class KernelLoader(Protocol):
+    def __call__(
+        self, mem: GuestMemory, kernel_path: str, initrd_path: str | None, cmdline: str, nr_vcpus: int
+    ) -> BootCpuState: ...
+
+
+# -- the pieces that come from vnix.vmm.arch.x86 ---------------------------------------------------
+def ram_layout(mem_bytes: int) -> list[tuple[int, int]]:
+    from vnix.vmm.arch.x86.layout import ram_regions
+
+    return ram_regions(mem_bytes)
+
+
+def linux_loader(mem: GuestMemory, kernel_path: str, initrd_path: str | None, cmdline: str, nr_vcpus: int) -> BootCpuState:
+    from vnix.vmm.arch.x86.boot import load_kernel
+
+    return load_kernel(mem, kernel_path, initrd_path, cmdline, nr_vcpus, i8042=True)
+
+
+def _guest_cpuid(supported: list[CpuidEntry], vcpu_id: int, nr_vcpus: int) -> list[CpuidEntry]:
+    try:
+        from vnix.vmm.arch.x86.cpuid import guest_cpuid
+    except ImportError:  # the CPUID policy has not landed: give the guest what KVM offers
+        return supported
+    return guest_cpuid(supported, vcpu_id, nr_vcpus)
+
+
+def _boot_msrs() -> list[MsrEntry]:
+    try:
+        from vnix.vmm.arch.x86.msrs import boot_msrs
+    except ImportError:
+        return []
+    return boot_msrs()
+
+
+# -- a flat protected-mode image (developer and test guests) ---------------------------------------
+FLAT_LOAD_ADDR = 0x100000
+
+
+def flat_loader(mem: GuestMemory, kernel_path: str, initrd_path: str | None, cmdline: str, nr_vcpus: int) -> BootCpuState:
+    """Load a raw binary at 1 MiB and enter it in 32-bit protected mode, paging off, flat 4 GiB
+    segments, interrupts off, esp = 1 MiB (the ``--flat`` option; kvmtool has a similar mode)."""
+    try:
+        with open(kernel_path, "rb") as f:
+            image = f.read(mem.size + 1)
+    except OSError as exc:
+        raise BootError(f"kernel {kernel_path}: {exc.strerror}") from None
+    if not image or not mem.is_valid(FLAT_LOAD_ADDR, len(image)):
+        raise BootError(f"flat image {kernel_path} is empty or does not fit in guest RAM at 1 MiB")
+    mem.write(FLAT_LOAD_ADDR, image)
+    code = Segment(selector=0x08, type=0xB, db=1)
+    data = Segment(selector=0x10, type=0x3, db=1)
+    return BootCpuState(
+        rip=FLAT_LOAD_ADDR, rsp=FLAT_LOAD_ADDR, cr0=0x11,  # PE | ET
+        cs=code, ds=data, es=data, fs=data, gs=data, ss=data,
+        tr=Segment(type=0xB, s=0, g=0, limit=0xFFFF), ldt=Segment(type=0x2, s=0, g=0, limit=0xFFFF),
+    )
+
+
+# -- conversions between the arch dataclasses and KVM structs -------------------------------------
+def _kvm_segment(seg: Segment) -> ks.kvm_segment:
+    return ks.kvm_segment(
+        base=seg.base, limit=seg.limit, selector=seg.selector, type=seg.type, present=seg.present,
+        dpl=seg.dpl, db=seg.db, s=seg.s, l=seg.l, g=seg.g, avl=seg.avl, unusable=seg.unusable,
+    )
+
+
+def load_boot_state(vcpu: Vcpu, state: BootCpuState) -> None:
+    sregs = vcpu.get_sregs()
+    for name in ("cs", "ds", "es", "fs", "gs", "ss", "tr", "ldt"):
+        setattr(sregs, name, _kvm_segment(getattr(state, name)))
+    sregs.gdt.base, sregs.gdt.limit = state.gdt.base, state.gdt.limit
+    sregs.idt.base, sregs.idt.limit = state.idt.base, state.idt.limit
+    sregs.cr0, sregs.cr3, sregs.cr4, sregs.efer = state.cr0, state.cr3, state.cr4, state.efer
+    vcpu.set_sregs(sregs)
+    regs = ks.kvm_regs(rip=state.rip, rsp=state.rsp, rbp=state.rsp, rsi=state.rsi, rbx=state.rbx,
+                       rflags=state.rflags | 0x2)
+    vcpu.set_regs(regs)
+
+
+def _to_kvm_cpuid(entries: list[CpuidEntry]) -> list[ks.kvm_cpuid_entry2]:
+    return [ks.kvm_cpuid_entry2(function=e.function, index=e.index, flags=e.flags, eax=e.eax, ebx=e.ebx,
+                                ecx=e.ecx, edx=e.edx) for e in entries]
+
+
+def _from_kvm_cpuid(entries: list[ks.kvm_cpuid_entry2]) -> list[CpuidEntry]:
+    return [CpuidEntry(e.function, e.index, e.flags, e.eax, e.ebx, e.ecx, e.edx) for e in entries]
+
+
+def set_lint(vcpu: Vcpu) -> None:
+    """LINT0 = ExtINT (the 8259's output), LINT1 = NMI: the virtual-wire wiring of a PC."""
+    lapic = vcpu.get_lapic()
+    raw = bytearray(bytes(lapic))
+    for offset, mode in ((APIC_LVT_LINT0, APIC_MODE_EXTINT), (APIC_LVT_LINT1, APIC_MODE_NMI)):
+        (value,) = struct.unpack_from("<I", raw, offset)
+        value = (value & ~0x700) | (mode << 8)
+        struct.pack_into("<I", raw, offset, value)
+    vcpu.set_lapic(ks.kvm_lapic_state.from_buffer_copy(raw))
+
+
+@dataclass
+class MachineParts:
+    kvm: Kvm
+    vm: Vm
+    mem: GuestMemory
+    vcpus: list[Vcpu]
+
+
+class Machine:
+    """One VM, built from a validated :class:`MachineConfig`."""
+
+    def __init__(
+        self,
+        config: MachineConfig,
+        stats: Stats,
+        *,
+        loader: KernelLoader = linux_loader,
+        console: Console | None = None,
+    ) -> None:
+        self.config = config
+        self.stats = stats
+        self._loader = loader
+        self._stop: Stop | None = None
+        self._stopped = threading.Event()
+        self._lock = threading.Lock()
+        self.console = console or Console(self.request_stop, on_first_byte=lambda: stats.mark("first_serial_byte"))
+        self.pio = PioBus()
+        self.mmio = MmioBus()
+        self.threads: list[VcpuThread] = []
+        self.parts: MachineParts | None = None
+
+    # -- stopping -------------------------------------------------------------------------------
+    def request_stop(self, stop: Stop) -> None:
+        """Any thread: the first reason to stop wins; every vCPU is told to stop."""
+        with self._lock:
+            if self._stop is not None:
+                return
+            self._stop = stop
+        for t in self.threads:
+            t.stop()
+        self._stopped.set()
+
+    # -- building -------------------------------------------------------------------------------
+    def build(self) -> None:
+        cfg = self.config
+        kvm = Kvm()
+        kvm.require()
+        vm = kvm.create_vm()
+        vm.set_tss_addr(TSS_ADDR)
+        vm.set_identity_map_addr(IDENTITY_MAP_ADDR)
+        vm.create_irqchip()
+        vm.create_pit2()
+
+        mem_bytes = cfg.memory_mib * 1024 * 1024
+        mem = GuestMemory(ram_layout(mem_bytes))
+        for slot, region in enumerate(mem):
+            vm.set_user_memory_region(slot, region.guest_addr, region.size, region.host_address)
+        self.stats.guest_ram_bytes = mem.size
+
+        self._add_devices(vm, mem)
+
+        supported = _from_kvm_cpuid(kvm.get_supported_cpuid())
+        msrs = [(m.index, m.value) for m in _boot_msrs()]
+        vcpus = []
+        for vcpu_id in range(cfg.cpus):
+            vcpu = vm.create_vcpu(vcpu_id)
+            vcpu.set_cpuid2(_to_kvm_cpuid(_guest_cpuid(supported, vcpu_id, cfg.cpus)))
+            if msrs:
+                vcpu.set_msrs(msrs)
+            set_lint(vcpu)
+            if vcpu_id:
+                vcpu.set_mp_state(k.KVM_MP_STATE_UNINITIALIZED)
+            vcpus.append(vcpu)
+
+        state = self._loader(mem, cfg.kernel, cfg.initrd, cfg.cmdline, cfg.cpus)
+        load_boot_state(vcpus[0], state)
+        self.parts = MachineParts(kvm, vm, mem, vcpus)
+
+        for vcpu in vcpus:
+            on_first = (lambda: self.stats.mark("first_kvm_run")) if vcpu.id == 0 else None
+            self.threads.append(
+                VcpuThread(vcpu, self.pio, self.mmio, self.stats.counters_for_vcpu(), self.request_stop, on_first)
+            )
+        self.stats.mark("vm_created")
+
+    def _add_devices(self, vm: Vm, mem: GuestMemory) -> None:
+        def irq(line: int) -> Callable[[int], None]:
+            return lambda level: vm.irq_line(line, level)
+
+        self.serial = serial.Serial(self.console.write, irq(serial.COM1_IRQ))
+        self.console.attach(self.serial.receive, self.serial.room)
+        self.pio.insert(serial.COM1_PORT, serial.PORT_COUNT, self.serial, "serial (COM1)")
+        reset = lambda: self.request_stop(Stop(REBOOT, "guest reset (i8042)"))  # noqa: E731
+        self.pio.insert(i8042.DATA_PORT, I8042_PORT_COUNT, _I8042Window(i8042.I8042(reset, irq(i8042.IRQ_KEYBOARD))), "i8042")
+        below_4g = sum(min(r.end, 1 << 32) - r.guest_addr for r in mem if r.guest_addr < 1 << 32)
+        self.pio.insert(rtc.INDEX_PORT, CMOS_PORT_COUNT, rtc.Rtc(below_4g, mem.size - below_4g), "cmos")
+        self.pio.insert(pvpanic.PORT, 1, pvpanic.PvPanic(self.request_stop), "pvpanic")
+        self.pio.insert(acpi.BASE_PORT, acpi.PORT_COUNT, acpi.AcpiRegisters(self.request_stop), "acpi")
+        if self.config.debug_exit:
+            self.pio.insert(debug_exit.PORT, debug_exit.PORT_COUNT, debug_exit.DebugExit(self.request_stop), "isa-debug-exit")
+
+    # -- running --------------------------------------------------------------------------------
+    def run(self) -> Stop:
+        """Start the vCPUs and the console; block until the VM stops; return why."""
+        install_kick_handler()
+        signal.signal(signal.SIGTERM, lambda signum, frame: self.request_stop(Stop(POWEROFF, "stopped by SIGTERM")))
+        self.console.start()
+        try:
+            for t in self.threads:
+                t.start()
+            while not self._stopped.wait(0.5):
+                pass
+        except KeyboardInterrupt:
+            self.request_stop(Stop(POWEROFF, "interrupted"))
+        finally:
+            for t in self.threads:
+                t.stop()
+            for t in self.threads:
+                t.join(2.0)
+            self.console.restore()
+        assert self._stop is not None
+        self._account()
+        self.stats.unassigned = {"pio_writes": dict(self.pio.unassigned_writes), "pio_reads": dict(self.pio.unassigned_reads),
+                                 "mmio_writes": dict(self.mmio.unassigned_writes), "mmio_reads": dict(self.mmio.unassigned_reads)}
+        self.stats.serial_bytes = self.serial.bytes_out
+        return self._stop
+
+    def _account(self) -> None:
+        """Guest pages the host actually backs (mincore), so VMM overhead = RSS - this."""
+        if self.parts is None:
+            return
+        self.stats.guest_resident_bytes = sum(_resident_bytes(r.host_address, r.size) for r in self.parts.mem)
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _resident_bytes(addr: int, size: int) -> int:
+    pages = (size + 4095) // 4096
+    vec = (ctypes.c_ubyte * pages)()
+    if _libc.mincore(ctypes.c_void_p(addr), ctypes.c_size_t(size), vec) != 0:
+        return 0
+    return bytes(vec).count(1) * 4096  # mincore: bit 0 = resident, other bits reserved (0)
+
+
+class _I8042Window:
+    """The i8042 sits at 0x60 and 0x64 only; 0x61-0x63 inside its bus window read as unassigned."""
+
+    def __init__(self, dev: i8042.I8042) -> None:
+        self.dev = dev
+
+    def read(self, offset: int, size: int) -> bytes:
+        return self.dev.read(offset, size) if offset in (0, 4) else b"\xff" * size
+
+    def write(self, offset: int, data: bytes) -> None:
+        if offset in (0, 4):
+            self.dev.write(offset, data)
+

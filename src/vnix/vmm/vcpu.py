@@ -1,0 +1,268 @@
+"""One thread per vCPU: the run loop and its state machine.
+
+States and the only legal transitions (``TRANSITIONS``)::
+
+    created ──start──► running ◄──resume── paused
+       │                  │ ──pause──────────►│
+       └──────stop────────┴──────stop─────────┴──► stopped
+
+A request (pause, resume, stop) changes the wanted state under a lock and *kicks* the thread out
+of KVM_RUN: ``immediate_exit`` is set in the run page (so a thread about to enter KVM_RUN returns
+at once) and SIGUSR1 is sent to the thread with ``pthread_kill`` (so a thread inside KVM_RUN
+returns EINTR). The hot loop itself takes no lock: it looks at the wanted state only after an
+``Intr`` exit.
+
+The loop decodes each exit once (:mod:`vnix.kvm.exits`) and dispatches with ``match``: port I/O
+to the PIO bus, MMIO to the MMIO bus; the exits that end the VM become a :class:`Stop`.
+"""
+from __future__ import annotations
+
+import enum
+import signal
+import sys
+import threading
+from typing import Callable
+
+from vnix.kvm import KvmError, Vcpu
+from vnix.kvm import ioctls as k
+from vnix.kvm.exits import (
+    FailEntry,
+    Hlt,
+    InternalError,
+    Intr,
+    IoIn,
+    IoOut,
+    MmioRead,
+    MmioWrite,
+    Shutdown,
+    SystemEvent,
+    Unknown,
+    complete_io_in,
+    complete_mmio_read,
+)
+from vnix.vmm import VmmError
+from vnix.vmm.devices.bus import MmioBus, PioBus
+from vnix.vmm.exitcodes import (
+    EMULATION_FAILURE,
+    GUEST_PANIC,
+    POWEROFF,
+    REBOOT,
+    TRIPLE_FAULT,
+    VMM_FAILURE,
+    Stop,
+)
+from vnix.vmm.stats import ExitCounters
+
+KICK_SIGNAL = signal.SIGUSR1
+
+
+class RunState(enum.Enum):
+    CREATED = "created"
+    RUNNING = "running"
+    PAUSED = "paused"
+    STOPPED = "stopped"
+
+
+TRANSITIONS: frozenset[tuple[RunState, RunState]] = frozenset(
+    {
+        (RunState.CREATED, RunState.RUNNING),
+        (RunState.RUNNING, RunState.PAUSED),
+        (RunState.PAUSED, RunState.RUNNING),
+        (RunState.CREATED, RunState.STOPPED),
+        (RunState.RUNNING, RunState.STOPPED),
+        (RunState.PAUSED, RunState.STOPPED),
+    }
+)
+
+
+class VcpuStateError(VmmError):
+    """A run-state change the table does not allow."""
+
+
+def install_kick_handler() -> None:
+    """SIGUSR1 must not kill the process: install a no-op handler (main thread, once)."""
+    signal.signal(KICK_SIGNAL, lambda signum, frame: None)
+
+
+class VcpuThread:
+    """Runs one :class:`vnix.kvm.Vcpu` on its own thread."""
+
+    def __init__(
+        self,
+        vcpu: Vcpu,
+        pio: PioBus,
+        mmio: MmioBus,
+        counters: ExitCounters,
+        on_stop: Callable[[Stop], None],
+        on_first_run: Callable[[], None] | None = None,
+    ) -> None:
+        self.vcpu = vcpu
+        self.pio = pio
+        self.mmio = mmio
+        self.counters = counters
+        self._on_stop = on_stop
+        self._on_first_run = on_first_run
+        self._cond = threading.Condition()
+        self.state = RunState.CREATED
+        self._wanted = RunState.CREATED
+        self._thread: threading.Thread | None = None
+
+    # -- state machine --------------------------------------------------------------------------
+    def _request(self, to: RunState) -> None:
+        with self._cond:
+            if self._wanted == to:
+                return
+            if (self._wanted, to) not in TRANSITIONS:
+                raise VcpuStateError(f"vCPU {self.vcpu.id}: cannot go from {self._wanted.value} to {to.value}")
+            self._wanted = to
+            self._cond.notify_all()
+        self.kick()
+
+    def start(self) -> None:
+        self._request(RunState.RUNNING)
+        self._thread = threading.Thread(target=self._main, name=f"vcpu{self.vcpu.id}", daemon=True)
+        self._thread.start()
+
+    def pause(self, timeout: float | None = 5.0) -> None:
+        """Stop running guest code and wait until the thread is out of KVM_RUN."""
+        self._request(RunState.PAUSED)
+        with self._cond:
+            self._cond.wait_for(lambda: self.state != RunState.RUNNING, timeout)
+
+    def resume(self) -> None:
+        self._request(RunState.RUNNING)
+
+    def stop(self) -> None:
+        if self._wanted != RunState.STOPPED:
+            self._request(RunState.STOPPED)
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def kick(self) -> None:
+        """Make the thread leave (or not enter) KVM_RUN."""
+        self.vcpu.immediate_exit = True
+        thread = self._thread
+        if thread is not None and thread.ident is not None and thread is not threading.current_thread():
+            try:
+                signal.pthread_kill(thread.ident, KICK_SIGNAL)
+            except (ProcessLookupError, OSError):
+                pass  # the thread has already finished
+
+    def _settle(self) -> bool:
+        """After a kick: follow the wanted state. Returns False when the thread must end."""
+        with self._cond:
+            self.vcpu.immediate_exit = False
+            while self._wanted == RunState.PAUSED:
+                self.state = RunState.PAUSED
+                self._cond.notify_all()
+                self._cond.wait()
+            if self._wanted == RunState.STOPPED:
+                self.state = RunState.STOPPED
+                self._cond.notify_all()
+                return False
+            self.state = RunState.RUNNING
+            return True
+
+    # -- the run loop ---------------------------------------------------------------------------
+    def _main(self) -> None:
+        try:
+            if not self._settle():
+                return
+            if self._on_first_run is not None:
+                self._on_first_run()
+            self._loop()
+        except KvmError as exc:
+            self._on_stop(Stop(VMM_FAILURE, f"vCPU {self.vcpu.id}: {exc}"))
+        except Exception as exc:  # a VMM bug: report it, stop the VM, never hang
+            import traceback
+
+            traceback.print_exc(file=sys.stderr)
+            self._on_stop(Stop(VMM_FAILURE, f"vCPU {self.vcpu.id}: internal error: {exc!r}"))
+        finally:
+            with self._cond:
+                self.state = RunState.STOPPED
+                self._cond.notify_all()
+
+    def _loop(self) -> None:
+        run = self.vcpu.run
+        page = self.vcpu.run_page
+        pio_read, pio_write = self.pio.read, self.pio.write
+        mmio_read, mmio_write = self.mmio.read, self.mmio.write
+        by_reason = self.counters.by_reason
+        io_out, io_in, mmio_count = self.counters.io_out, self.counters.io_in, self.counters.mmio
+        while True:
+            exit = run()
+            match exit:
+                case IoOut(port=port, size=size, data=data, count=count):
+                    by_reason["io_out"] += 1
+                    io_out[port] += 1
+                    if count == 1:
+                        pio_write(port, data)
+                    else:
+                        for i in range(0, size * count, size):
+                            pio_write(port, data[i : i + size])
+                case IoIn(port=port, size=size, count=count):
+                    by_reason["io_in"] += 1
+                    io_in[port] += 1
+                    data = pio_read(port, size) if count == 1 else b"".join(pio_read(port, size) for _ in range(count))
+                    complete_io_in(page, exit, data)
+                case MmioWrite(addr=addr, data=data):
+                    by_reason["mmio_write"] += 1
+                    mmio_count[addr] += 1
+                    mmio_write(addr, data)
+                case MmioRead(addr=addr, len=length):
+                    by_reason["mmio_read"] += 1
+                    mmio_count[addr] += 1
+                    complete_mmio_read(page, exit, mmio_read(addr, length))
+                case Intr():
+                    by_reason["intr"] += 1
+                    if not self._settle():
+                        return
+                case Hlt():
+                    # Only without an in-kernel LAPIC: nothing can wake this vCPU again.
+                    by_reason["hlt"] += 1
+                    self._on_stop(Stop(POWEROFF, f"vCPU {self.vcpu.id} halted"))
+                case Shutdown():
+                    by_reason["shutdown"] += 1
+                    self._on_stop(Stop(TRIPLE_FAULT, f"triple fault on vCPU {self.vcpu.id} (KVM_EXIT_SHUTDOWN)"))
+                case SystemEvent(type=etype):
+                    by_reason["system_event"] += 1
+                    self._on_stop(_system_event_stop(etype, self.vcpu.id))
+                case InternalError(suberror=sub, data=data):
+                    by_reason["internal_error"] += 1
+                    self._on_stop(self._internal_error_stop(sub, data))
+                case FailEntry(reason=reason, cpu=cpu):
+                    by_reason["fail_entry"] += 1
+                    self._on_stop(Stop(VMM_FAILURE, f"KVM could not enter the guest: reason {reason:#x} (cpu {cpu})"))
+                case Unknown(reason=reason):
+                    by_reason["unknown"] += 1
+                    self._on_stop(Stop(VMM_FAILURE, f"vCPU {self.vcpu.id}: unexpected KVM exit reason {reason}"))
+
+    def _internal_error_stop(self, suberror: int, data: tuple[int, ...]) -> Stop:
+        try:
+            rip = f"{self.vcpu.get_regs().rip:#x}"
+        except KvmError:
+            rip = "unknown"
+        names = {
+            k.KVM_INTERNAL_ERROR_EMULATION: "emulation failure",
+            k.KVM_INTERNAL_ERROR_SIMUL_EX: "simultaneous exceptions",
+            k.KVM_INTERNAL_ERROR_DELIVERY_EV: "event delivery failed",
+        }
+        extra = " data " + " ".join(f"{d:#x}" for d in data) if data else ""
+        return Stop(
+            EMULATION_FAILURE,
+            f"KVM internal error on vCPU {self.vcpu.id}: suberror {suberror} "
+            f"({names.get(suberror, 'unknown')}) at rip {rip}{extra}",
+        )
+
+
+def _system_event_stop(etype: int, vcpu_id: int) -> Stop:
+    if etype == k.KVM_SYSTEM_EVENT_SHUTDOWN:
+        return Stop(POWEROFF, "guest powered off (KVM_SYSTEM_EVENT_SHUTDOWN)", report=False)
+    if etype == k.KVM_SYSTEM_EVENT_RESET:
+        return Stop(REBOOT, "guest reset (KVM_SYSTEM_EVENT_RESET)")
+    if etype == k.KVM_SYSTEM_EVENT_CRASH:
+        return Stop(GUEST_PANIC, "guest crashed (KVM_SYSTEM_EVENT_CRASH)")
+    return Stop(VMM_FAILURE, f"vCPU {vcpu_id}: unknown system event {etype}")
