@@ -33,7 +33,7 @@ async def _run(path: str, commands: Sequence[tuple[str, dict[str, Any] | None]],
     finally:
         try:
             await asyncio.wait_for(client.disconnect(), 2.0)
-        except (QMPError, OSError, asyncio.TimeoutError):
+        except (QMPError, OSError, EOFError, asyncio.TimeoutError):
             pass
 
 
@@ -48,8 +48,8 @@ def qmp_batch(path: str, commands: Sequence[tuple[str, dict[str, Any] | None]],
         raise VmProcessError(f"cannot reach QEMU's QMP socket {path}: {exc}") from None
     except asyncio.TimeoutError:
         raise VmProcessError(f"QEMU's QMP socket {path} did not answer in {timeout:g}s") from None
-    except QMPError as exc:
-        raise VmProcessError(f"QMP error on {path}: {exc}") from None
+    except (QMPError, EOFError) as exc:  # EOF: QEMU hung up (it does after 'quit')
+        raise VmProcessError(f"QMP error on {path}: {exc!r}") from None
 
 
 def qmp(path: str, command: str, args: dict[str, Any] | None = None,

@@ -1,0 +1,154 @@
+"""The agent as a user runs it (`vnix agent`), with QEMU VMs: lifecycle, SIGKILL and restart.
+
+The guests are the idle PVH guest from vnix.hypervisor.testing (prints a ready line, sleeps in
+hlt, echoes the serial port, powers off on the ACPI button): five of them cost almost no CPU,
+so the restart test runs the full five the issue asks for.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from vnix.hypervisor.testing import READY_LINE, build_idle_guest, toolchain_available
+
+pytestmark = [
+    pytest.mark.qemu,
+    pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="needs QEMU"),
+    pytest.mark.skipif(not toolchain_available(), reason="needs binutils for the test guest"),
+]
+TOKEN = "integration-token"
+
+
+class Agent:
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.http = httpx.Client(base_url=f"http://127.0.0.1:{self.port}",
+                                 headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60)
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "vnix", "agent", "--listen", f"127.0.0.1:{self.port}",
+             "--token", TOKEN, "--data-dir", str(self.data_dir), "--driver", "qemu"],
+            stdout=subprocess.DEVNULL, stderr=open(self.data_dir / "agent.err", "ab"))
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if self.http.get("/host").status_code == 200:
+                    return
+            except httpx.TransportError:
+                time.sleep(0.1)
+        raise AssertionError((self.data_dir / "agent.err").read_text())
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def wait_console(self, vm: str, text: str, timeout: float = 20) -> list[str]:
+        deadline = time.monotonic() + timeout
+        lines: list[str] = []
+        while time.monotonic() < deadline:
+            lines = self.http.get(f"/vms/{vm}/console").json()["lines"]
+            if any(text in ln for ln in lines):
+                return lines
+            time.sleep(0.1)
+        raise AssertionError(f"{vm}: {text!r} not in {lines}")
+
+
+@pytest.fixture
+def agent(tmp_path: Path) -> Iterator[Agent]:
+    data = tmp_path / "d"
+    data.mkdir()
+    a = Agent(data)
+    a.start()
+    guest = build_idle_guest(tmp_path / "idle.elf")
+    r = a.http.post("/images", json={"name": "idle", "kernel": str(guest)})
+    assert r.status_code == 201, r.text
+    yield a
+    for vm in a.http.get("/vms").json() if a.proc and a.proc.poll() is None else []:
+        a.http.delete(f"/vms/{vm['name']}")
+    if a.proc and a.proc.poll() is None:
+        a.proc.terminate()
+        a.proc.wait()
+    for pidfile in (data / "run" / "qemu").glob("*/pid"):  # never leave a QEMU behind
+        try:
+            os.kill(int(pidfile.read_text()), signal.SIGKILL)
+        except (OSError, ValueError):
+            pass
+
+
+def test_qemu_vm_start_pause_resume_suspend_stop(agent: Agent) -> None:
+    r = agent.http.post("/vms", json={"name": "q1", "image": "idle", "memory": "64M",
+                                      "accel": "tcg"})
+    assert r.status_code == 201, r.text
+    vm = r.json()
+    assert vm["state"] == "running" and vm["accel"] == "tcg" and vm["pid"]
+    agent.wait_console("q1", READY_LINE)
+    assert agent.http.post("/vms/q1/pause").json()["state"] == "paused"
+    assert agent.http.post("/vms/q1/resume").json()["state"] == "running"
+    agent.http.post("/vms/q1/console", json={"text": "typed-through-agent\n"})
+    agent.wait_console("q1", "typed-through-agent")
+    assert agent.http.post("/vms/q1/suspend").json()["state"] == "suspended"
+    vm = agent.http.post("/vms/q1/resume-from-disk").json()
+    assert vm["state"] == "running"
+    agent.http.post("/vms/q1/console", json={"text": "after-resume\n"})
+    agent.wait_console("q1", "after-resume")  # the restored guest still runs its loop
+    vm = agent.http.post("/vms/q1/stop", json={"timeout": 10}).json()
+    assert vm["state"] == "stopped" and vm["detail"] == "the guest powered off"
+    assert agent.http.get("/vms/q1").json()["console_tail"][-1] == "vnix-idle-guest: power off"
+    r = agent.http.post("/vms/q1/pause")
+    assert r.status_code == 409 and "it is stopped" in r.json()["error"]
+
+
+def test_five_vms_survive_agent_sigkill(agent: Agent) -> None:
+    names = [f"v{i}" for i in range(5)]
+    pids = {}
+    for n in names:
+        r = agent.http.post("/vms", json={"name": n, "image": "idle", "memory": "48M"})
+        assert r.status_code == 201, r.text
+        pids[n] = r.json()["pid"]
+    for n in names:
+        agent.wait_console(n, READY_LINE)
+    agent.http.post("/vms/v1/pause")
+
+    agent.kill()
+    for n in names:
+        os.kill(pids[n], 0)  # still alive without the agent
+    os.kill(pids["v4"], signal.SIGKILL)  # and one dies while nobody watches
+    agent.start()
+
+    vms = {v["name"]: v for v in agent.http.get("/vms").json()}
+    assert {n: vms[n]["state"] for n in names} == {
+        "v0": "running", "v1": "paused", "v2": "running", "v3": "running", "v4": "crashed"}
+    assert vms["v0"]["pid"] == pids["v0"]
+    assert vms["v4"]["console_tail"][-1] == READY_LINE and "died" in vms["v4"]["detail"]
+    # still managed: every action works on the VMs the previous agent started
+    assert agent.http.post("/vms/v1/resume").json()["state"] == "running"
+    assert agent.http.post("/vms/v0/pause").json()["state"] == "paused"
+    agent.http.post("/vms/v2/console", json={"text": "still-here\n"})
+    agent.wait_console("v2", "still-here")
+    assert agent.http.post("/vms/v3/stop", json={"timeout": 10}).json()["state"] == "stopped"
+    assert agent.http.post("/vms/v4/start").json()["state"] == "running"
+    metrics = agent.http.get("/metrics").text
+    assert 'vnix_vm_up{state="running",vm="v2"} 1.0' in metrics
+    for n in names:
+        assert agent.http.delete(f"/vms/{n}").status_code == 204
+    for n in ("v0", "v1", "v2"):
+        with pytest.raises(ProcessLookupError):
+            for _ in range(50):
+                os.kill(pids[n], 0)
+                time.sleep(0.1)
