@@ -85,11 +85,18 @@ def _topology_leaf(function: int, apic_id: int, nr_vcpus: int) -> list[CpuidEntr
 
 
 def guest_cpuid(supported: list[CpuidEntry], vcpu_id: int, nr_vcpus: int, *,
-                tsc_deadline: bool = False, expose_pmu: bool = False,
-                software_nested: bool = False) -> list[CpuidEntry]:
-    """The CPUID entries for vCPU ``vcpu_id`` of ``nr_vcpus`` (for KVM_SET_CPUID2)."""
+                tsc_deadline: bool | None = None, expose_pmu: bool = False,
+                software_nested: bool | None = None) -> list[CpuidEntry]:
+    """The CPUID entries for vCPU ``vcpu_id`` of ``nr_vcpus`` (for KVM_SET_CPUID2).
+
+    ``tsc_deadline``: None keeps what KVM reports, True/False force it (pass
+    KVM_CAP_TSC_DEADLINE_TIMER with an in-kernel LAPIC). ``software_nested``: None asks
+    :func:`host_is_software_nested` (the only impure default; tests pass a bool).
+    """
     if not 0 <= vcpu_id < nr_vcpus <= 255:
         raise ValueError(f"vCPU {vcpu_id} of {nr_vcpus}: APIC IDs are 8 bits here")
+    if software_nested is None:
+        software_nested = host_is_software_nested()
     apic_id = vcpu_id
     is_amd = vendor(supported) in ("AuthenticAMD", "HygonGenuine")
     out: list[CpuidEntry] = []
@@ -100,7 +107,8 @@ def guest_cpuid(supported: list[CpuidEntry], vcpu_id: int, nr_vcpus: int, *,
             ebx = (e.ebx & 0xFFFF) | ((nr_vcpus & 0xFF) << 16) | (apic_id << 24)
             ecx = e.ecx | ECX_HYPERVISOR
             ecx &= ~(ECX_MONITOR | ECX_VMX | ECX_SMX | ECX_EST | ECX_TM2)
-            ecx = ecx | ECX_TSC_DEADLINE if tsc_deadline else ecx & ~ECX_TSC_DEADLINE
+            if tsc_deadline is not None:
+                ecx = ecx | ECX_TSC_DEADLINE if tsc_deadline else ecx & ~ECX_TSC_DEADLINE
             if not expose_pmu:
                 ecx &= ~ECX_PDCM
             if software_nested:
