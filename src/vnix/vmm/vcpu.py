@@ -118,10 +118,16 @@ class VcpuThread:
             self._cond.notify_all()
         self.kick()
 
-    def start(self) -> None:
-        self._request(RunState.RUNNING)
+    def start(self) -> bool:
+        """Start the thread; False (and nothing started) if the vCPU was stopped before it ran
+        (another vCPU ended the VM first)."""
+        with self._cond:  # an RLock: the check and the transition are one step
+            if self._wanted == RunState.STOPPED:
+                return False
+            self._request(RunState.RUNNING)
         self._thread = threading.Thread(target=self._main, name=f"vcpu{self.vcpu.id}", daemon=True)
         self._thread.start()
+        return True
 
     def pause(self, timeout: float | None = 5.0) -> None:
         """Stop running guest code and wait until the thread is out of KVM_RUN."""
