@@ -18,7 +18,6 @@ void testkit_main(void)
 	bool madt = acpi_parse_madt(&m);
 	/* ISA IRQ 0 is GSI 2 on KVM's in-kernel I/O APIC; the MADT says so with an override. */
 	uint32_t gsi = madt && m.irq0_override ? m.irq0_gsi : 2;
-	tsc_khz();	/* calibrate before the PIT is reprogrammed */
 	lapic_enable();
 	pic_mask_all();
 	irq_set_handler(PIT_VECTOR, pit_irq);

@@ -112,7 +112,7 @@ void ioapic_route(uint32_t pin, uint8_t vector, uint32_t dest_apic, bool level, 
 void ioapic_mask(uint32_t pin);
 void pic_mask_all(void);
 void pit_periodic(uint32_t hz);
-uint64_t tsc_khz(void);		/* CPUID 0x15 / 0x40000010, else PIT channel 2 calibration */
+uint64_t tsc_khz(void);		/* CPUID 0x15 / 0x40000010, else 4 GHz (a bound for timeouts) */
 uint64_t tsc_khz_cpuid(void);	/* CPUID only, 0 if not announced */
 void delay_us(uint64_t us);
 uint64_t deadline_ms(uint64_t ms);	/* a TSC value ms from now */
