@@ -18,6 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from websockets.sync.client import connect
 
 from vnix.hypervisor.testing import READY_LINE, build_idle_guest, toolchain_available
 
@@ -98,6 +99,17 @@ def test_qemu_vm_start_pause_resume_suspend_stop(agent: Agent) -> None:
     vm = r.json()
     assert vm["state"] == "running" and vm["accel"] == "tcg" and vm["pid"]
     agent.wait_console("q1", READY_LINE)
+    # the consoles over WebSocket: serial history first, then live; VNC relays RFB bytes
+    base = f"ws://127.0.0.1:{agent.port}/vms/q1"
+    with connect(f"{base}/console/ws?token={TOKEN}") as ws:
+        assert READY_LINE.encode() in ws.recv(timeout=5)
+        ws.send("ws-typed\n")
+        got = b""
+        while b"ws-typed" not in got:
+            got += ws.recv(timeout=5)
+    with connect(f"{base}/vnc/ws", additional_headers={"Authorization": f"Bearer {TOKEN}"},
+                 subprotocols=["binary"]) as ws:
+        assert ws.recv(timeout=5).startswith(b"RFB 003.008")  # RFC 6143 7.1.1 ProtocolVersion
     assert agent.http.post("/vms/q1/pause").json()["state"] == "paused"
     assert agent.http.post("/vms/q1/resume").json()["state"] == "running"
     agent.http.post("/vms/q1/console", json={"text": "typed-through-agent\n"})
@@ -112,6 +124,31 @@ def test_qemu_vm_start_pause_resume_suspend_stop(agent: Agent) -> None:
     assert agent.http.get("/vms/q1").json()["console_tail"][-1] == "vnix-idle-guest: power off"
     r = agent.http.post("/vms/q1/pause")
     assert r.status_code == 409 and "it is stopped" in r.json()["error"]
+
+
+TINY = Path(os.environ.get("VNIX_HOME", Path.home() / ".local/share/vnix")) / "images/tiny"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (TINY / "manifest.json").is_file(), reason="run `vnix image build tiny`")
+def test_tiny_linux_guest_through_the_agent(agent: Agent) -> None:
+    r = agent.http.post("/images", json={"name": "tiny", "tiny": True})
+    assert r.status_code == 201, r.text
+    assert r.json()["kind"] == "linux" and r.json()["disk_format"] == "raw"
+    t0 = time.monotonic()
+    vm = agent.http.post("/vms", json={"name": "lin", "image": "tiny", "memory": "256M"}).json()
+    assert vm["disks"][0]["format"] == "qcow2"  # the VM writes to its overlay only
+    agent.wait_console("lin", "vnix-guest: ready", timeout=120)
+    boot_s = time.monotonic() - t0
+    agent.http.post("/vms/lin/console", json={"text": "echo answer-$((6*7))\n"})
+    agent.wait_console("lin", "answer-42", timeout=60)
+    assert agent.http.post("/vms/lin/pause").json()["state"] == "paused"
+    assert agent.http.post("/vms/lin/resume").json()["state"] == "running"
+    r = agent.http.delete("/images/tiny")
+    assert r.status_code == 409 and "in use by VM(s) lin" in r.json()["error"]
+    vm = agent.http.post("/vms/lin/stop", json={"timeout": 5, "force_after": True}).json()
+    assert vm["state"] == "stopped"
+    print(f"tiny guest ready after {boot_s:.1f}s")
 
 
 def test_five_vms_survive_agent_sigkill(agent: Agent) -> None:
