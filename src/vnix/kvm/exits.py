@@ -1,4 +1,4 @@
-"""``kvm_run`` decoded once into small frozen values, one class per exit kind.
+"""``kvm_run`` decoded once into small immutable values, one class per exit kind.
 
 After ``KVM_RUN`` returns, :func:`decode` reads the shared run page (``struct kvm_run``,
 Documentation/virt/kvm/api.rst section 5 "The kvm_run structure") and returns one of the
@@ -13,7 +13,6 @@ the page, so a corrupt page is reported as :class:`Unknown`, never as an out-of-
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 from typing import Union
 
 from vnix.kvm import ioctls as k
@@ -29,82 +28,152 @@ _MMIO_DATA = RUN_EXIT_UNION + 8
 _MAX_DATA = 16
 
 
-@dataclass(frozen=True, slots=True)
-class IoOut:
+_set = object.__setattr__
+
+
+class _Exit:
+    """Base of the exit values: immutable, slotted, compared by type and fields.
+
+    Plain classes rather than ``@dataclass(frozen=True)``: building eleven dataclasses costs the
+    VMM process ~5 ms of start-up (it compiles their methods), which its 60 ms budget cannot spare.
+    """
+
+    __slots__: tuple[str, ...] = ()
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"{type(self).__name__} is immutable")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"{type(self).__name__} is immutable")
+
+    def _fields(self) -> tuple[object, ...]:
+        return tuple(getattr(self, n) for n in self.__slots__)
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and other._fields() == self._fields()  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash((type(self), self._fields()))
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__)
+        return f"{type(self).__name__}({args})"
+
+
+class IoOut(_Exit):
     """``out``/``outs``: ``data`` holds ``count`` items of ``size`` bytes, little-endian."""
 
+    __slots__ = __match_args__ = ("port", "size", "data", "count")
     port: int
     size: int
     data: bytes
-    count: int = 1
+    count: int
+
+    def __init__(self, port: int, size: int, data: bytes, count: int = 1) -> None:
+        _set(self, "port", port)
+        _set(self, "size", size)
+        _set(self, "data", data)
+        _set(self, "count", count)
 
 
-@dataclass(frozen=True, slots=True)
-class IoIn:
+class IoIn(_Exit):
     """``in``/``ins``: the VMM must supply ``size * count`` bytes (see :func:`complete_io_in`)."""
 
+    __slots__ = __match_args__ = ("port", "size", "count", "data_offset")
     port: int
     size: int
-    count: int = 1
-    data_offset: int = 0
+    count: int
+    data_offset: int
+
+    def __init__(self, port: int, size: int, count: int = 1, data_offset: int = 0) -> None:
+        _set(self, "port", port)
+        _set(self, "size", size)
+        _set(self, "count", count)
+        _set(self, "data_offset", data_offset)
 
 
-@dataclass(frozen=True, slots=True)
-class MmioRead:
+class MmioRead(_Exit):
+    __slots__ = __match_args__ = ("addr", "len")
     addr: int
     len: int
 
+    def __init__(self, addr: int, len: int) -> None:  # noqa: A002 - the kernel's name
+        _set(self, "addr", addr)
+        _set(self, "len", len)
 
-@dataclass(frozen=True, slots=True)
-class MmioWrite:
+
+class MmioWrite(_Exit):
+    __slots__ = __match_args__ = ("addr", "data")
     addr: int
     data: bytes
 
+    def __init__(self, addr: int, data: bytes) -> None:
+        _set(self, "addr", addr)
+        _set(self, "data", data)
 
-@dataclass(frozen=True, slots=True)
-class Hlt:
+
+class Hlt(_Exit):
     """The guest halted with the in-kernel LAPIC absent (or KVM chose to exit on HLT)."""
 
+    __slots__ = ()
 
-@dataclass(frozen=True, slots=True)
-class Shutdown:
+
+class Shutdown(_Exit):
     """KVM_EXIT_SHUTDOWN: a triple fault (or another shutdown condition) in the guest."""
 
-
-@dataclass(frozen=True, slots=True)
-class SystemEvent:
-    """KVM_EXIT_SYSTEM_EVENT: ``type`` is KVM_SYSTEM_EVENT_SHUTDOWN / RESET / CRASH."""
-
-    type: int
-    data: tuple[int, ...] = ()
+    __slots__ = ()
 
 
-@dataclass(frozen=True, slots=True)
-class InternalError:
-    """KVM_EXIT_INTERNAL_ERROR: ``suberror`` 1 is "emulation failure"."""
-
-    suberror: int
-    data: tuple[int, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class FailEntry:
-    """KVM_EXIT_FAIL_ENTRY: the hardware refused to enter the guest."""
-
-    reason: int
-    cpu: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class Intr:
+class Intr(_Exit):
     """KVM_RUN was interrupted by a signal (a kick) or ``immediate_exit``."""
 
+    __slots__ = ()
 
-@dataclass(frozen=True, slots=True)
-class Unknown:
+
+class SystemEvent(_Exit):
+    """KVM_EXIT_SYSTEM_EVENT: ``type`` is KVM_SYSTEM_EVENT_SHUTDOWN / RESET / CRASH."""
+
+    __slots__ = __match_args__ = ("type", "data")
+    type: int
+    data: tuple[int, ...]
+
+    def __init__(self, type: int, data: tuple[int, ...] = ()) -> None:  # noqa: A002
+        _set(self, "type", type)
+        _set(self, "data", data)
+
+
+class InternalError(_Exit):
+    """KVM_EXIT_INTERNAL_ERROR: ``suberror`` 1 is "emulation failure"."""
+
+    __slots__ = __match_args__ = ("suberror", "data")
+    suberror: int
+    data: tuple[int, ...]
+
+    def __init__(self, suberror: int, data: tuple[int, ...] = ()) -> None:
+        _set(self, "suberror", suberror)
+        _set(self, "data", data)
+
+
+class FailEntry(_Exit):
+    """KVM_EXIT_FAIL_ENTRY: the hardware refused to enter the guest."""
+
+    __slots__ = __match_args__ = ("reason", "cpu")
+    reason: int
+    cpu: int
+
+    def __init__(self, reason: int, cpu: int = 0) -> None:
+        _set(self, "reason", reason)
+        _set(self, "cpu", cpu)
+
+
+class Unknown(_Exit):
     """An exit the VMM does not handle; ``reason`` is kvm_run.exit_reason."""
 
+    __slots__ = __match_args__ = ("reason",)
     reason: int
+
+    def __init__(self, reason: int) -> None:
+        _set(self, "reason", reason)
 
 
 Exit = Union[

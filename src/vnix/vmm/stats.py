@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import sys
 import time
 from collections import Counter
@@ -53,6 +52,8 @@ def rss_bytes() -> int:
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
+    import resource
+
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 

@@ -21,7 +21,6 @@ NMI mask, ignored here as in QEMU. Alarms and periodic interrupts are not modell
 """
 from __future__ import annotations
 
-import calendar
 import threading
 import time
 
@@ -47,6 +46,19 @@ B_24H = 0x02
 D_VRT = 0x80
 
 MIB = 1024 * 1024
+
+
+def _days_from_civil(year: int, month: int, day: int) -> int:
+    """Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm); this
+    avoids importing calendar/datetime into the VMM process."""
+    if not (1 <= month <= 12 and 1 <= day <= 31):
+        raise ValueError("bad date")
+    year -= month <= 2
+    era = year // 400
+    yoe = year - era * 400
+    doy = (153 * (month + (-3 if month > 2 else 9)) + 2) // 5 + day - 1
+    doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+    return era * 146097 + doe - 719468
 
 
 def _bcd(value: int) -> int:
@@ -126,10 +138,8 @@ class Rtc:
             else:
                 hour = self._decode(hour_raw & 0x7F) % 12 + (12 if hour_raw & 0x80 else 0)
             year = self._decode(self.cmos[REG_CENTURY]) * 100 + self._decode(self.cmos[REG_YEAR])
-            when = calendar.timegm(
-                (year, self._decode(self.cmos[REG_MONTH]), self._decode(self.cmos[REG_DAY]),
-                 hour, self._decode(self.cmos[REG_MINUTES]), self._decode(self.cmos[REG_SECONDS]), 0, 0, 0)
-            )
+            days = _days_from_civil(year, self._decode(self.cmos[REG_MONTH]), self._decode(self.cmos[REG_DAY]))
+            when = days * 86400 + hour * 3600 + self._decode(self.cmos[REG_MINUTES]) * 60 + self._decode(self.cmos[REG_SECONDS])
         except (ValueError, OverflowError):
             return  # nonsense from the guest: keep the old clock
         self.offset = when - time.time()
