@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -83,15 +84,11 @@ def _choose_driver(driver: str | None, accel: str | None) -> tuple[str, str | No
     return "qemu", "tcg", f"vnix: using QEMU with TCG: {why}"
 
 
-def _native_argv(config: MachineConfig, stats_path: str | None) -> list[str]:
-    argv = [sys.executable, "-m", "vnix.vmm", "--kernel", config.kernel,
-            "--memory", f"{config.memory_mib}M", "--cpus", str(config.cpus)]
-    if config.initrd:
-        argv += ["--initrd", config.initrd]
-    if config.cmdline:
-        argv += ["--cmdline", config.cmdline]
-    for disk in config.disks:
-        argv += ["--disk", disk.path]
+def _native_argv(config: MachineConfig, workdir: Path, stats_path: str | None) -> list[str]:
+    """``python -m vnix.vmm --config FILE``: the MachineConfig's JSON is the VMM's wire format."""
+    config_path = workdir / "machine.json"
+    config_path.write_text(config.to_json())
+    argv = [sys.executable, "-m", "vnix.vmm", "--config", str(config_path)]
     if stats_path:
         argv += ["--stats-json", stats_path]
     return argv
@@ -161,26 +158,32 @@ def run(
     stats_path: str | None = None
     if chosen == "native":
         if stats:
-            stats_path = tempfile.mktemp(prefix="vnix-stats-", suffix=".json")
-        argv = _native_argv(config, stats_path)
+            stats_path = str(Path(workdir.name) / "stats.json")
+        argv = _native_argv(config, Path(workdir.name), stats_path)
     else:
         argv = qemu_argv(config, accel=chosen_accel or "tcg",  # type: ignore[arg-type]
                          serial="stdio" if command else "mon:stdio")
 
+    # SIGTERM (systemd, timeout(1)) ends us through the same clean-up path as Ctrl-C.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         if command:
             result = run_command(argv, timeout=timeout)
         else:
             result = attach(argv, watch=stats)
+        counters: dict[str, object] = {}
+        if stats_path and Path(stats_path).is_file():
+            counters = json.loads(Path(stats_path).read_text())
     finally:
         workdir.cleanup()
     if stats:
         for line in result.timings.lines():
             err_console.print(f"vnix: stats: {line}", markup=False)
-        if stats_path and Path(stats_path).is_file():
-            counters = json.loads(Path(stats_path).read_text())
-            Path(stats_path).unlink()
-            for key, value in (counters.get("exits", counters) or {}).items():
+        exits = counters.get("exits")
+        if isinstance(exits, dict):
+            err_console.print(f"vnix: stats: VM exits total {counters.get('exits_total', '-')}",
+                              markup=False)
+            for key, value in sorted(exits.items()):
                 err_console.print(f"vnix: stats: exits {key:<24} {value}", markup=False)
     if command:
         if result.command_status is None:

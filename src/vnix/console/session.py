@@ -122,17 +122,30 @@ def attach(argv: Sequence[str], *, watch: bool = False) -> SessionResult:
         proc = subprocess.Popen(list(argv))
         try:
             proc.wait()
-        except KeyboardInterrupt:
+        except BaseException:
+            proc.terminate()
             proc.wait()
+            raise
         timings.exited = time.monotonic() - start
         return SessionResult(proc.returncode, None, None, timings)
     proc = subprocess.Popen(list(argv), stdout=subprocess.PIPE)
     assert proc.stdout is not None
-    ready: str | None = None
     tail: deque[str] = deque(maxlen=_TAIL_LINES)
-    sink = sys.stdout.buffer
+    try:
+        ready = _relay(proc.stdout.fileno(), sys.stdout.buffer, start, timings, tail)
+    except BaseException:
+        proc.terminate()
+        proc.wait()
+        raise
+    proc.wait()
+    timings.exited = time.monotonic() - start
+    return SessionResult(proc.returncode, None, ready, timings, list(tail))
+
+
+def _relay(fd: int, sink: BinaryIO, start: float, timings: Timings, tail: deque[str]) -> str | None:
+    """Copy the console to ``sink`` until EOF; returns the readiness line if one was seen."""
+    ready: str | None = None
     pending = b""
-    fd = proc.stdout.fileno()
     while chunk := os.read(fd, 4096):  # chunks, not lines: a shell prompt has no newline
         sink.write(chunk)
         sink.flush()
@@ -144,6 +157,4 @@ def attach(argv: Sequence[str], *, watch: bool = False) -> SessionResult:
             if ready is None and text.startswith(READY_PREFIX):
                 ready = text.strip()
                 timings.ready = time.monotonic() - start
-    proc.wait()
-    timings.exited = time.monotonic() - start
-    return SessionResult(proc.returncode, None, ready, timings, list(tail))
+    return ready
