@@ -129,7 +129,6 @@ def test_qemu_vm_start_pause_resume_suspend_stop(agent: Agent) -> None:
 TINY = Path(os.environ.get("VNIX_HOME", Path.home() / ".local/share/vnix")) / "images/tiny"
 
 
-@pytest.mark.slow
 @pytest.mark.skipif(not (TINY / "manifest.json").is_file(), reason="run `vnix image build tiny`")
 def test_tiny_linux_guest_through_the_agent(agent: Agent) -> None:
     r = agent.http.post("/images", json={"name": "tiny", "tiny": True})

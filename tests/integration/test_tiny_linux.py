@@ -19,7 +19,7 @@ from vnix.images.store import load_image
 
 VNIX = [sys.executable, "-m", "vnix"]
 
-pytestmark = [pytest.mark.slow, pytest.mark.qemu]
+pytestmark = [pytest.mark.qemu]
 
 
 @pytest.fixture(scope="module", autouse=True)
