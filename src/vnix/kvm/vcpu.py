@@ -19,6 +19,8 @@ from vnix.kvm.exits import INTR, Exit, decode
 
 _RUN = k.KVM_RUN
 _IMMEDIATE_EXIT = s.RUN_IMMEDIATE_EXIT
+_EINTR = errno.EINTR
+_EAGAIN = errno.EAGAIN
 
 
 class Vcpu:
@@ -40,12 +42,19 @@ class Vcpu:
 
     # -- running --------------------------------------------------------------------------------
     def run(self) -> Exit:
-        """Enter the guest until the next exit; a signal or ``immediate_exit`` gives ``Intr``."""
-        if _ioctl(self.fd, _RUN, 0) < 0:
+        """Enter the guest until the next exit; a signal or ``immediate_exit`` gives ``Intr``.
+
+        An application processor waits inside KVM_RUN in KVM_MP_STATE_UNINITIALIZED until the
+        guest sends it INIT; KVM then returns ``EAGAIN`` ("state changed, call me again": x86.c,
+        ``kvm_arch_vcpu_ioctl_run``), and QEMU's ``kvm_cpu_exec`` simply re-enters. So do we.
+        """
+        fd = self.fd
+        while _ioctl(fd, _RUN, 0) < 0:
             err = ctypes.get_errno()
-            if err == errno.EINTR:
+            if err == _EINTR:
                 return INTR
-            raise KvmError("KVM_RUN", err)
+            if err != _EAGAIN:
+                raise KvmError("KVM_RUN", err)
         return decode(self.run_page)
 
     @property
