@@ -92,3 +92,19 @@ def test_initrd_goes_high_page_aligned_and_respects_initrd_addr_max() -> None:
 def test_isa_irq0_is_wired_to_ioapic_pin2() -> None:
     assert L.ioapic_pin_for_isa_irq(0) == 2
     assert [L.ioapic_pin_for_isa_irq(i) for i in range(1, 16)] == list(range(1, 16))
+
+
+def test_gsi_routes_put_the_pit_where_the_madt_says() -> None:
+    routes = L.legacy_gsi_routes()
+    by_gsi: dict[int, set[tuple[int, int]]] = {}
+    for gsi, chip, pin in routes:
+        by_gsi.setdefault(gsi, set()).add((chip, pin))
+    # GSI 0 (the PIT) reaches the master 8259's input 0 and IOAPIC pin 2, as the MADT override says
+    assert by_gsi[0] == {(L.IRQCHIP_PIC_MASTER, 0), (L.IRQCHIP_IOAPIC, 2)}
+    assert 2 not in by_gsi  # the cascade input
+    assert by_gsi[4] == {(L.IRQCHIP_PIC_MASTER, 4), (L.IRQCHIP_IOAPIC, 4)}  # COM1
+    assert by_gsi[12] == {(L.IRQCHIP_PIC_SLAVE, 4), (L.IRQCHIP_IOAPIC, 12)}
+    assert by_gsi[23] == {(L.IRQCHIP_IOAPIC, 23)}
+    # no IOAPIC pin is fed by two GSIs (KVM maps an EOI on a pin back to one GSI)
+    ioapic_pins = [pin for _gsi, chip, pin in routes if chip == L.IRQCHIP_IOAPIC]
+    assert len(ioapic_pins) == len(set(ioapic_pins)) == L.IOAPIC_PINS - 1

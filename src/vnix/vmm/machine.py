@@ -200,6 +200,7 @@ class Machine:
         vm.set_identity_map_addr(IDENTITY_MAP_ADDR)
         vm.create_irqchip()
         vm.create_pit2()
+        self.set_gsi_routes(vm, [])
 
         mem_bytes = cfg.memory_mib * 1024 * 1024
         mem = GuestMemory(ram_layout(mem_bytes))
@@ -232,6 +233,15 @@ class Machine:
                 VcpuThread(vcpu, self.pio, self.mmio, self.stats.counters_for_vcpu(), self.request_stop, on_first)
             )
         self.stats.mark("vm_created")
+
+    def set_gsi_routes(self, vm: Vm, extra: list[ks.kvm_irq_routing_entry]) -> None:
+        """Install the PC's legacy routes (``layout.legacy_gsi_routes``: ISA IRQ 0 -> IOAPIC pin 2
+        as the MADT says) plus ``extra`` (MSI routes of devices). KVM_SET_GSI_ROUTING replaces
+        the whole table, so a device that adds routes calls this with all of its own."""
+        from vnix.kvm.vm import routing_irqchip
+        from vnix.vmm.arch.x86.layout import legacy_gsi_routes
+
+        vm.set_gsi_routing([routing_irqchip(gsi, chip, pin) for gsi, chip, pin in legacy_gsi_routes()] + extra)
 
     def _add_devices(self, vm: Vm, mem: GuestMemory) -> None:
         def irq(line: int) -> Callable[[int], None]:

@@ -79,6 +79,37 @@ RAM_ABOVE_HOLE_START = FIRST_ADDR_PAST_32BITS
 # in-kernel irqchip must route GSI 0 to IOAPIC pin 2 (KVM_SET_GSI_ROUTING) to match.
 PIT_IOAPIC_PIN = 2
 
+# KVM's numbering of its in-kernel interrupt controllers (KVM_IRQCHIP_* in linux/kvm.h).
+IRQCHIP_PIC_MASTER = 0
+IRQCHIP_PIC_SLAVE = 1
+IRQCHIP_IOAPIC = 2
+ISA_IRQS = 16
+PIC_CASCADE_IRQ = 2  # the slave 8259 is wired to master input 2: no device raises ISA IRQ 2
+
+
+def legacy_gsi_routes() -> list[tuple[int, int, int]]:
+    """The (gsi, irqchip, pin) routes of a PC's interrupt lines, as QEMU's
+    ``kvm_pc_setup_irq_routing`` installs them.
+
+    KVM's *default* table routes GSI n to IOAPIC pin n, so the in-kernel PIT (which raises
+    GSI 0) would reach IOAPIC pin 0 while our MADT and MP table tell the guest it is on pin 2:
+    the guest programs pin 2 and never sees a tick, and because the PIT reinjects (it sends the
+    next tick only after the previous one was acknowledged, ``kvm_pit_ack_irq``) a tick that
+    sits unacknowledged in a masked 8259 or a masked IOAPIC pin stops the timer for good. With
+    these routes GSI 0 goes to 8259 input 0 and IOAPIC pin 2, and an EOI of IOAPIC pin 2 maps
+    back to GSI 0, the PIT's ack notifier. ISA IRQs 1, 3..15 go to the 8259s and IOAPIC pin n;
+    GSI 2 (the cascade) has no route; GSIs 16..23 go to the IOAPIC only.
+    """
+    routes: list[tuple[int, int, int]] = []
+    for irq in range(ISA_IRQS):
+        if irq == PIC_CASCADE_IRQ:
+            continue
+        chip = IRQCHIP_PIC_MASTER if irq < 8 else IRQCHIP_PIC_SLAVE
+        routes.append((irq, chip, irq % 8))
+        routes.append((irq, IRQCHIP_IOAPIC, ioapic_pin_for_isa_irq(irq)))
+    routes.extend((gsi, IRQCHIP_IOAPIC, gsi) for gsi in range(ISA_IRQS, IOAPIC_PINS))
+    return routes
+
 
 def ioapic_pin_for_isa_irq(irq: int) -> int:
     """The IOAPIC input an ISA IRQ (0-15) arrives at: identity except IRQ 0 -> pin 2."""
