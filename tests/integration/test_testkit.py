@@ -44,7 +44,11 @@ CASES = [
     Case("memory", memory_mib=64, id="memory-64M"),
     Case("memory", memory_mib=256, id="memory-256M"),
     Case("compute"),
+    Case("smp", cpus=4, id="smp-4cpus", extra={"madt_cpus": "4", "apic_ids": "0,1,2,3"}),
+    Case("smp", cpus=8, id="smp-8cpus", extra={"madt_cpus": "8", "apic_ids": "0,1,2,3,4,5,6,7"}),
 ]
+# Every guest's report must not depend on how many vCPUs sit idle beside the boot CPU.
+CASES += [Case(g, cpus=n, id=f"{g}-{n}cpus") for n in (2, 4) for g in GUESTS if g not in ("smp", "serial")]
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -106,7 +106,7 @@ def test_string_out_delivers_every_byte(tmp_path: Path) -> None:
         (out(0x64, 0xFE) + HALT, 10),  # i8042 reset pulse
         (b"\x66\xba\x02\x06" + b"\xb0\x01\xee" + HALT, 10),  # ACPI RESET_REG 0x602 <- 1
         (b"\x66\xba\x00\x06" + b"\xb0\x34\xee" + HALT, 0),  # ACPI SLP_TYP 5 | SLP_EN
-        (b"\x66\xba\x05\x05" + b"\xb0\x01\xee" + HALT, 11),  # pvpanic PANICKED
+        (b"\x66\xba\x05\x05" + b"\xb0\x01\xee" + HALT, 14),  # pvpanic PANICKED
         (b"\x0f\x0b", 12),  # ud2 with no IDT: #UD -> #GP -> #DF -> triple fault
     ],
     ids=["i8042-reset", "acpi-reset", "acpi-s5", "pvpanic", "triple-fault"],
@@ -115,7 +115,7 @@ def test_exit_status_says_how_the_guest_ended(tmp_path: Path, code: bytes, statu
     proc, stats = vmm(tmp_path, code)
     assert proc.returncode == status, proc.stderr
     assert stats["exit_status"] == status
-    if status in (10, 11, 12):
+    if status in (10, 12, 14):
         assert len(proc.stderr.splitlines()) == 1  # one line naming the reason
 
 

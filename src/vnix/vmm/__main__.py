@@ -133,6 +133,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except VnixError as exc:
         _say(f"error: {exc}")
         return VMM_FAILURE
+    except Exception as exc:  # a VMM bug: a traceback for us, a status no guest can produce
+        import traceback
+
+        traceback.print_exc()
+        _say(f"internal error: {exc!r}")
+        return VMM_FAILURE
 
     stop = machine.run()
     stats.finish(stop.status, stop.reason)
