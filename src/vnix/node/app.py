@@ -43,6 +43,7 @@ from vnix.node.models import (
     StopVm,
     VmOut,
 )
+from vnix.node.overlay import overlay_router
 from vnix.node.vms import VmService
 
 log = logging.getLogger(__name__)
@@ -203,6 +204,7 @@ def create_app(data_dir: Path, token: str, drivers: list[str] | None = None,
     def openapi() -> dict[str, Any]:
         return app.openapi()
 
+    api.include_router(overlay_router(vms.networks))  # VXLAN: networks across hosts
     app.include_router(api)
     app.include_router(console_router(vms, token))
 
