@@ -2,7 +2,7 @@
 # Installs the Debian packages vnix and its tests need, only those missing. Idempotent.
 set -euo pipefail
 pkgs=(qemu-system-x86 qemu-system-arm qemu-utils busybox-static e2fsprogs cpio gcc make
-      iproute2 dnsmasq-base python3-venv acpica-tools)
+      iproute2 dnsmasq-base python3-venv acpica-tools postgresql)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
