@@ -1,0 +1,85 @@
+"""The manager's HTTP app: the REST API under /api/v1 and a landing page at /.
+
+``create_api(manager)`` returns the FastAPI app; it starts the manager (job workers, monitor)
+on startup and stops it on shutdown unless ``own_manager=False``. The OpenAPI schema is at
+/api/openapi.json, the interactive docs at /api/docs. Errors are JSON
+``{"error": "...", "kind": "..."}``: 400/422 bad input, 401 no token, 403 role or quota,
+404 unknown names, 409 wrong state or no capacity, 502 an agent failed — never a 500 for
+anything a user sends. The dashboard (issue 7) adds its pages to the same app:
+``app.include_router(...)`` with the dependencies of :mod:`vnix.api.deps`.
+"""
+from __future__ import annotations
+
+import logging
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
+
+from vnix.api import routes_admin, routes_jobs, routes_vms
+from vnix.api.models import ErrorOut
+from vnix.cluster.errors import Unauthorized, http_status
+from vnix.cluster.manager import Manager
+from vnix.errors import VnixError
+
+log = logging.getLogger(__name__)
+API_PREFIX = "/api/v1"
+_ERRORS = {c: {"model": ErrorOut} for c in (400, 401, 403, 404, 409, 422, 502)}
+
+
+def create_api(manager: Manager, own_manager: bool = True) -> FastAPI:
+    from vnix import __version__
+
+    app = FastAPI(title="vnix manager", version=__version__, openapi_url="/api/openapi.json",
+                  docs_url="/api/docs", redoc_url=None)
+    app.state.manager = manager
+
+    @app.exception_handler(VnixError)
+    def _vnix_error(_: Request, exc: VnixError) -> JSONResponse:
+        status = http_status(exc)
+        headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
+        return JSONResponse({"error": str(exc), "kind": type(exc).__name__},
+                            status_code=status, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        return JSONResponse({"error": f"{where}: {first.get('msg', 'invalid request')}",
+                             "kind": "ValidationError"}, status_code=422)
+
+    api = APIRouter(prefix=API_PREFIX, responses=_ERRORS)  # type: ignore[arg-type]
+
+    @api.get("/health", tags=["meta"])
+    def health() -> dict[str, str]:
+        """No token needed: for `vnix up` and load balancers."""
+        return {"status": "ok", "version": __version__}
+
+    api.include_router(routes_admin.router)
+    api.include_router(routes_vms.router)
+    api.include_router(routes_jobs.router)
+    app.include_router(api)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def landing() -> str:
+        return _LANDING.format(version=__version__)
+
+    if own_manager:
+        app.router.on_startup.append(lambda: manager.started or manager.start())
+        app.router.on_shutdown.append(manager.stop)
+    return app
+
+
+_LANDING = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>vnix</title></head>
+<body style="font-family: sans-serif; max-width: 40em; margin: 3em auto">
+<h1>vnix {version}</h1>
+<p>The manager is running. The dashboard will live here.</p>
+<ul>
+<li>REST API: <a href="/api/v1/health">/api/v1</a>
+ (<a href="/api/docs">interactive docs</a>, <a href="/api/openapi.json">OpenAPI schema</a>)</li>
+<li>Command line: <code>vnix login</code>, then <code>vnix vm list</code>,
+ <code>vnix node list</code>, <code>vnix job list</code></li>
+</ul>
+</body></html>
+"""
