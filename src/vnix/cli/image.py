@@ -16,12 +16,13 @@ app.add_typer(image_app, name="image")
 
 @image_app.command("build")
 def build(
-    name: str = typer.Argument(..., help="Image to build: tiny."),
+    name: str = typer.Argument(..., help="Image to build: tiny (x86_64) or tiny-arm64 (aarch64)."),
     force: bool = typer.Option(False, "--force", help="Rebuild even if the inputs are unchanged."),
 ) -> None:
     """Build an image (Debian kernel + busybox, unpacked, not installed); cached until inputs change."""
     if name not in KNOWN_IMAGES:
         raise UnknownImageError(f"unknown image {name!r} (known: {', '.join(KNOWN_IMAGES)})")
+    from vnix.images.arches import IMAGES
     from vnix.images.tiny import STEPS, build_tiny
 
     with Progress(TextColumn("{task.description:<28}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
@@ -32,7 +33,7 @@ def build(
             progress.update(task, description=f"image {name}: {step}",
                             completed=STEPS.index(step))
 
-        result = build_tiny(force=force, on_step=on_step)
+        result = build_tiny(force=force, on_step=on_step, arch=IMAGES[name].name)
         progress.update(task, completed=len(STEPS))
     if result.up_to_date:
         print(f"image {name} is up to date ({result.directory}, checked in {result.seconds:.2f} s)")
@@ -56,6 +57,7 @@ def show(
     print(f"kernel   {image.kernel}")
     print(f"initrd   {image.initrd}")
     print(f"rootfs   {image.rootfs or '-'}")
+    print(f"arch     {image.arch}")
     print(f"cmdline  {image.cmdline}")
     inputs = image.manifest.get("inputs", {})
     for key, value in inputs.items():

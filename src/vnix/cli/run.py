@@ -5,7 +5,8 @@
                                                 status (like ``docker run``)
 
 The driver is the native VMM where KVM is hardware-assisted and QEMU with TCG elsewhere
-(:func:`vnix.host.recommended_driver`); ``--driver``/``--accel`` override it.
+(:func:`vnix.host.recommended_driver`); ``--driver``/``--accel`` override it. A guest of another
+instruction set (``--image tiny-arm64``, or an arm64 ``--kernel``) always runs on QEMU with TCG.
 """
 from __future__ import annotations
 
@@ -31,20 +32,20 @@ LINUX_MIN_MEMORY_MIB = 64
 _LINUX_OVERHEAD_MIB = 48
 
 
-def kernel_format(path: str) -> Literal["bzImage", "elf"]:
-    """Check the kernel's magic before any VMM sees it: a bzImage has 0xAA55 at 0x1FE and "HdrS"
-    at 0x202 (Documentation/arch/x86/boot.rst, "The real-mode kernel header"); an ELF (PVH
-    entry or vmlinux) starts with \\x7fELF."""
+def kernel_format(path: str) -> Literal["bzImage", "elf", "arm64-image"]:
+    """Check the kernel's magic before any VMM sees it (vnix.images.bootkernel): an x86
+    bzImage, an ELF (PVH entry or vmlinux), or an arm64 Image."""
+    from vnix.images import ImageError
+    from vnix.images.bootkernel import read_kind
+
     try:
-        with open(path, "rb") as f:
-            head = f.read(0x206)
-    except OSError as exc:
-        raise BootError(f"cannot read kernel {path}: {exc.strerror}") from None
-    if head[:4] == b"\x7fELF":
-        return "elf"
-    if len(head) >= 0x206 and head[0x1FE:0x200] == b"\x55\xaa" and head[0x202:0x206] == b"HdrS":
-        return "bzImage"
-    raise BootError(f"kernel {path} is neither a bzImage nor an ELF file (bad magic)")
+        kind = read_kind(path)
+    except ImageError as exc:
+        raise BootError(str(exc)) from None
+    if kind in ("bzImage", "elf", "arm64-image"):
+        return kind  # type: ignore[return-value]
+    raise BootError(f"kernel {path} is neither a bzImage, an ELF file nor an arm64 Image "
+                    "(bad magic)")
 
 
 def check_linux_fit(config: MachineConfig) -> None:
@@ -61,9 +62,11 @@ def check_linux_fit(config: MachineConfig) -> None:
                               f"--memory {config.memory_mib}M (needs about {need}M)")
 
 
-def _choose_driver(driver: str | None, accel: str | None) -> tuple[str, str | None, str]:
-    """(driver, accel, reason line) from the flags and the host."""
+def _choose_driver(driver: str | None, accel: str | None,
+                   arch: str = "x86_64") -> tuple[str, str | None, str]:
+    """(driver, accel, reason line) from the flags, the guest's architecture and the host."""
     from vnix.host import recommended_driver
+    from vnix.hypervisor.accel import host_isa
 
     if driver not in (None, "native", "qemu"):
         raise UsageError(f"--driver must be native or qemu, not {driver!r}")
@@ -71,6 +74,13 @@ def _choose_driver(driver: str | None, accel: str | None) -> tuple[str, str | No
         raise UsageError(f"--accel must be kvm or tcg, not {accel!r}")
     if driver == "native" and accel == "tcg":
         raise UsageError("--accel tcg needs --driver qemu (the native VMM runs on KVM only)")
+    if arch != host_isa():
+        if driver == "native" or accel == "kvm":
+            what, flag = (("the native VMM", "--driver native") if driver == "native"
+                          else ("KVM", "--accel kvm"))
+            raise UsageError(f"an {arch} guest cannot run on {what} of this {host_isa()} host: "
+                             f"it runs on QEMU with TCG (drop {flag})")
+        return "qemu", "tcg", f"vnix: using QEMU with TCG: an {arch} guest on an {host_isa()} host"
     if driver is None and accel is not None:
         driver = "qemu"
     if driver == "native":
@@ -142,13 +152,16 @@ def run(
     if command:
         base = f"{base} {encode_command(command)}"
     config.cmdline = base.strip()
+    if os.path.isfile(config.kernel):  # (validate() reports a missing one)
+        # the kernel's format says which instruction set the guest is
+        config.arch = "aarch64" if kernel_format(config.kernel) == "arm64-image" else "x86_64"
     config.validate()
     fmt = kernel_format(config.kernel)
-    if fmt == "bzImage":
+    if fmt in ("bzImage", "arm64-image"):
         check_linux_fit(config)
     check_cmdline(config.cmdline)
 
-    chosen, chosen_accel, reason = _choose_driver(driver, accel)
+    chosen, chosen_accel, reason = _choose_driver(driver, accel, config.arch)
     err_console.print(reason, markup=False)
     workdir = tempfile.TemporaryDirectory(prefix="vnix-run-")
     if use_rootfs and chosen == "qemu" and img and img.rootfs:

@@ -39,6 +39,9 @@ class NativeHypervisor(Hypervisor):
         return rd
 
     def define(self, spec: VmSpec) -> None:
+        if spec.config.arch != "x86_64":
+            raise Unsupported(self.name, f"run an {spec.config.arch} guest",
+                              "the native VMM runs x86_64 guests on KVM; use the qemu driver")
         rd = RunDir(self.root, spec.name)
         rd.create(spec)
         (rd.path / "config.json").write_text(spec.config.to_json())

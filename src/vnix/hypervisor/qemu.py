@@ -1,4 +1,4 @@
-"""The QEMU driver: one detached ``qemu-system-x86_64`` per VM, driven through QMP.
+"""The QEMU driver: one detached ``qemu-system-x86_64`` (or ``-aarch64``) per VM, driven by QMP.
 
 * Processes are started with ``-daemonize -pidfile``: QEMU forks, reports start-up errors to us
   through its exit status, and then belongs to nobody, so it survives the agent (and no zombie
@@ -10,7 +10,9 @@
 * ``-no-shutdown``: a guest that powers off leaves QEMU alive in the ``shutdown`` run state, so
   the driver can tell a clean power-off (-> STOPPED) from a process that died (-> CRASHED).
 * Accelerator: :func:`vnix.hypervisor.accel.choose_accel` (KVM when hardware-assisted, else
-  TCG), or what the VM's ``DriverOptions.accel`` forces.
+  TCG), or what the VM's ``DriverOptions.accel`` forces. The emulator follows the guest's
+  architecture (``MachineConfig.arch``, :data:`~vnix.hypervisor.qemu_cmdline.TARGETS`): an
+  aarch64 guest runs on ``qemu-system-aarch64 -machine virt`` under TCG.
 * Suspend to disk and memory snapshots: QMP ``migrate`` to ``exec:cat > FILE`` with the VM
   paused, then quit; resume: a new QEMU with ``-incoming exec:cat FILE`` (QEMU 7.2 has no
   ``file:`` migration URI). Migration: ``-incoming tcp:HOST:PORT`` on the target, ``migrate``
@@ -31,7 +33,7 @@ from typing import Any
 from vnix.hypervisor.accel import choose_accel
 from vnix.hypervisor.base import Hypervisor
 from vnix.hypervisor.errors import DriverUnavailable, HypervisorError, Unsupported, VmProcessError
-from vnix.hypervisor.qemu_cmdline import QEMU_X86, qemu_argv
+from vnix.hypervisor.qemu_cmdline import qemu_argv, target
 from vnix.hypervisor.qemu_info import collect_info
 from vnix.hypervisor.qmp import QmpCommandError, qmp, qmp_batch
 from vnix.hypervisor.rundir import Record, RunDir, list_vms, read_from, wait_gone
@@ -63,11 +65,11 @@ _RUNSTATE = {
 class QemuHypervisor(Hypervisor):
     name = "qemu"
 
-    def __init__(self, run_dir: Path | str, *, binary: str = QEMU_X86,
+    def __init__(self, run_dir: Path | str, *, binary: str | None = None,
                  migration_host: str = "127.0.0.1", start_timeout: float = 30.0) -> None:
         self.root = Path(run_dir)
         self.root.mkdir(parents=True, exist_ok=True)
-        self.binary = binary
+        self.binary = binary  # None: the emulator of each guest's architecture
         self.migration_host = migration_host
         self.start_timeout = start_timeout
         self._locks: dict[str, threading.RLock] = {}
@@ -118,7 +120,9 @@ class QemuHypervisor(Hypervisor):
         return rec
 
     def _launch(self, rd: RunDir, spec: VmSpec, rec: Record, incoming: str | None) -> None:
-        accel = choose_accel(spec.options.accel)
+        accel = choose_accel(spec.options.accel, spec.config.arch)
+        tgt = target(spec.config.arch)
+        binary = self.binary or tgt.binary
         for stale in (rd.qmp, rd.serial, rd.vnc, rd.pid_file):
             stale.unlink(missing_ok=True)
         log = str(rd.console_log).replace(",", ",,")
@@ -136,15 +140,15 @@ class QemuHypervisor(Hypervisor):
         argv = qemu_argv(
             spec.config, accel=accel, machine=spec.options.machine, serial="chardev:ser0",
             qmp_socket=str(rd.qmp), vnc=f"unix:{rd.vnc}" if spec.options.vnc else None,
-            extra=extra, binary=self.binary,
+            extra=extra, binary=binary,
         )
         (rd.path / "argv").write_text(shlex.join(argv) + "\n")
         try:
             proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True,
                                   text=True, timeout=self.start_timeout, start_new_session=True)
         except FileNotFoundError:
-            raise DriverUnavailable(f"{self.binary} is not installed (apt-get install "
-                                    "qemu-system-x86)") from None
+            raise DriverUnavailable(f"{binary} is not installed (apt-get install "
+                                    f"{tgt.package})") from None
         except subprocess.TimeoutExpired:
             rd.kill()
             raise VmProcessError(f"QEMU for {spec.name!r} did not start in "

@@ -13,15 +13,51 @@ documentation (``qemu-system-x86_64 -device help``, docs/system/invocation):
 * a virtio balloon and a virtio RNG fed from ``/dev/urandom`` (a guest without them waits for
   entropy and cannot give memory back).
 * ``-no-reboot``: a guest reboot ends QEMU, as a reboot ends the native VMM (exit status 10 there).
+
+The guest's architecture (``MachineConfig.arch``) picks the emulator and its board
+(:data:`TARGETS`): x86_64 guests run on ``qemu-system-x86_64 -machine pc``; aarch64 guests on
+``qemu-system-aarch64 -machine virt`` (docs/system/arm/virt.rst: a PL011 UART, which Linux calls
+ttyAMA0, a PL031 clock, and a generic PCIe host bridge, so the same ``virtio-*-pci`` devices
+serve; Debian's arm64 kernel has the bridge and the UART built in and loads virtio_pci). Under
+TCG the aarch64 CPU is a Cortex-A57 (ARMv8.0): ``-cpu max`` would add pointer authentication,
+whose QARMA cipher TCG computes in software on every signed return.
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Literal
 
+from vnix.vmm import ConfigError
 from vnix.vmm.config import MachineConfig
 
 QEMU_X86 = "qemu-system-x86_64"
+QEMU_AARCH64 = "qemu-system-aarch64"
+
+
+@dataclass(frozen=True)
+class QemuTarget:
+    """How QEMU emulates one guest architecture."""
+
+    binary: str
+    machine: str  # the default board
+    tcg_cpu: str | None  # -cpu under TCG; None: QEMU's default model
+    package: str  # the Debian package that ships ``binary``
+    debug_exit: bool  # the board has an ISA bus for isa-debug-exit
+
+
+TARGETS: dict[str, QemuTarget] = {
+    "x86_64": QemuTarget(QEMU_X86, "pc", None, "qemu-system-x86", True),
+    "aarch64": QemuTarget(QEMU_AARCH64, "virt", "cortex-a57", "qemu-system-arm", False),
+}
+
+
+def target(arch: str) -> QemuTarget:
+    try:
+        return TARGETS[arch]
+    except KeyError:
+        raise ConfigError(f"QEMU cannot run guest architecture {arch!r} "
+                          f"(known: {', '.join(TARGETS)})") from None
 
 # QEMU's isa-debug-exit device: a guest write of v to the port makes QEMU exit with (v << 1) | 1.
 DEBUG_EXIT_PORT = 0x501
@@ -41,15 +77,16 @@ def qemu_argv(
     config: MachineConfig,
     *,
     accel: Literal["kvm", "tcg"],
-    machine: str = "pc",
+    machine: str | None = None,
     serial: str = "stdio",
     qmp_socket: str | None = None,
     vnc: str | None = None,
     extra: Sequence[str] = (),
-    binary: str = QEMU_X86,
+    binary: str | None = None,
 ) -> list[str]:
     """The full argv (binary first) that boots ``config`` under QEMU.
 
+    ``machine`` and ``binary`` default to those of the guest's architecture (:data:`TARGETS`).
     ``serial`` is a QEMU chardev spec for the first serial port (``stdio``, ``mon:stdio`` for
     Ctrl-A x / Ctrl-A c on a terminal, ``file:PATH``, ``unix:PATH,server=on,wait=off``, ``none``).
     ``qmp_socket`` is a Unix socket path QEMU listens on for QMP (server, does not wait).
@@ -58,8 +95,12 @@ def qemu_argv(
     """
     if accel not in ("kvm", "tcg"):
         raise ValueError(f"accel must be 'kvm' or 'tcg', not {accel!r}")
+    tgt = target(config.arch)
+    machine = machine or tgt.machine
+    if config.debug_exit and not tgt.debug_exit:
+        raise ConfigError(f"isa-debug-exit needs an x86 board; {config.arch} guests have none")
     argv: list[str] = [
-        binary,
+        binary or tgt.binary,
         "-nodefaults",
         "-no-user-config",
         "-machine", machine,
@@ -69,10 +110,12 @@ def qemu_argv(
         "-display", "none",
         "-no-reboot",
     ]
-    # KVM: give the guest the host's CPU model; TCG: QEMU's default model (qemu64), which every
-    # x86-64 kernel boots and which TCG emulates fully.
+    # KVM: give the guest the host's CPU model; TCG: the target's model (x86: QEMU's default
+    # qemu64, which every x86-64 kernel boots and which TCG emulates fully).
     if accel == "kvm":
         argv += ["-cpu", "host"]
+    elif tgt.tcg_cpu:
+        argv += ["-cpu", tgt.tcg_cpu]
     argv += ["-kernel", config.kernel]
     if config.initrd:
         argv += ["-initrd", config.initrd]

@@ -34,7 +34,7 @@ class DriverOptions:
     """Options only some drivers read; each driver documents the ones it honours."""
 
     accel: Accel = "auto"  # qemu: kvm, tcg, or what the host check recommends
-    machine: str = "pc"  # qemu machine type
+    machine: str | None = None  # qemu machine type; None: the guest arch's board (pc, virt)
     vnc: bool = True  # qemu: a VNC server on a unix socket in the run directory
     extra_args: list[str] = field(default_factory=list)  # qemu: appended verbatim
 

@@ -1,4 +1,5 @@
-"""Guest images: the tiny Linux guest built from Debian's packages, and where images live.
+"""Guest images: the tiny Linux guests (x86_64, aarch64) built from Debian's packages, and
+where images live.
 
 Error tree::
 
@@ -8,7 +9,10 @@ Error tree::
 Public surface::
 
     vnix.images.store      vnix_home(), image_dir(name), load_image(name) -> GuestImage
-    vnix.images.tiny       build_tiny(...) -> BuildResult, TINY_CMDLINE
+    vnix.images.tiny       build_tiny(..., arch="x86_64"|"aarch64") -> BuildResult, TINY_CMDLINE
+    vnix.images.arches     GuestArch per guest ISA (image name, Debian arch, console), ARCHES
+    vnix.images.bootkernel kernel_kind(head), arm64_image(data): kernel magics and unpacking
+    vnix.images.debian     Apt (host's, or a private state for another arch), resolve, download
     vnix.images.guest_init encode_command(argv), READY_PREFIX, END_MARKER, parse_end_marker(line)
     vnix.images.cpio       CpioWriter (cpio "newc" without root)
     vnix.images.kmod       module dependency closure from the .ko files themselves

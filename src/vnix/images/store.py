@@ -2,10 +2,11 @@
 
 Layout under ``$VNIX_HOME`` (default ``~/.local/share/vnix``)::
 
-    images/<name>/vmlinuz         the kernel (bzImage)
+    images/<name>/vmlinuz         the kernel (x86: bzImage; arm64: Image)
     images/<name>/initrd.cpio     the initramfs (cpio "newc", uncompressed: see tiny.py)
     images/<name>/rootfs.ext4     the root disk (raw ext4), optional
-    images/<name>/manifest.json   inputs, their hash, the kernel command line, sizes
+    images/<name>/manifest.json   inputs, their hash, the architecture, the kernel command
+                                  line, sizes
 """
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from vnix.images import ImageError, UnknownImageError
+from vnix.images.arches import IMAGES
 
-KNOWN_IMAGES = ("tiny",)
+KNOWN_IMAGES = tuple(IMAGES)  # tiny, tiny-arm64
 
 
 def vnix_home() -> Path:
@@ -36,6 +38,7 @@ class GuestImage:
     initrd: Path
     rootfs: Path | None
     cmdline: str
+    arch: str = "x86_64"  # the guest's architecture (uname -m)
     manifest: dict[str, Any] = field(default_factory=dict, compare=False)
 
 
@@ -63,6 +66,7 @@ def load_image(name: str) -> GuestImage:
             initrd=directory / files["initrd"],
             rootfs=directory / files["rootfs"] if files.get("rootfs") else None,
             cmdline=str(manifest["cmdline"]),
+            arch=str(manifest.get("arch", "x86_64")),  # images built before arches: x86_64
             manifest=manifest,
         )
     except (KeyError, TypeError) as exc:

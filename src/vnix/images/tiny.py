@@ -1,21 +1,27 @@
-"""``vnix image build tiny``: the default Linux guest, made from Debian's packages.
+"""``vnix image build tiny`` / ``tiny-arm64``: the small Linux guest, from Debian's packages.
 
+The same builder serves every architecture of :mod:`vnix.images.arches`; ``tiny`` is the
+x86_64 guest, ``tiny-arm64`` the aarch64 one (booted by qemu-system-aarch64 under TCG).
 Steps (each one reported to ``on_step``; the CLI shows them as a progress bar):
 
-1. resolve   which kernel package ``linux-image-amd64`` depends on now, and busybox-static's
-             version (``apt-cache``); hash them with this builder's own source. If the manifest
+1. resolve   which kernel package ``linux-image-<arch>`` depends on now, and busybox-static's
+             version (``apt-cache``; another architecture's through a private apt state, see
+             vnix.images.debian); hash them with this builder's own source. If the manifest
              already holds that hash and the files exist, stop: the image is up to date.
 2. download  ``apt-get download`` both packages into a temporary directory (nothing installed).
 3. unpack    ``dpkg-deb -x`` both.
 4. modules   the virtio, vsock and ext4 modules and their dependencies, read from the .ko
              files (vnix.images.kmod), decompressed, in load order.
 5. initramfs our own cpio "newc" writer: busybox and its applet links, /init, the modules and
-             the device nodes /dev/console, /dev/null, /dev/ttyS0 (no root needed). The archive
-             is left uncompressed: on a host whose KVM emulates guest kernel code, inflating
-             it would cost the kernel more than reading the extra megabytes.
+             the device nodes /dev/console, /dev/null and the console port (no root needed).
+             The archive is left uncompressed: on a host whose KVM emulates guest kernel code,
+             inflating it would cost the kernel more than reading the extra megabytes. A
+             foreign busybox cannot run here to list its applets: /init links them at boot.
 6. rootfs    an ext4 disk made with ``mkfs.ext4 -d`` from a directory (no loop device, no
              root) carrying the same busybox and init; the initramfs switches to it.
-7. install   files are moved into ``$VNIX_HOME/images/tiny`` with the manifest written last.
+7. install   files are moved into ``$VNIX_HOME/images/<name>`` with the manifest written last.
+             The kernel is stored in the form the board boots directly (bzImage; arm64 Image,
+             unpacked if it came gzip or EFI-zboot compressed).
 """
 from __future__ import annotations
 
@@ -29,16 +35,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from vnix.images import ImageError, cpio, guest_init, kmod
-from vnix.images.debian import Package, download, resolve_inputs, unpack
-from vnix.images.store import image_dir, read_manifest
+from vnix.images import ImageError, arches, bootkernel, cpio, guest_init, kmod
+from vnix.images.arches import GuestArch
+from vnix.images.debian import Apt, Package, download, resolve_inputs, unpack
+from vnix.images.store import image_dir, read_manifest, vnix_home
 
 BUILDER_VERSION = 1
 ROOTFS_MIB = 64
 
-# Kernel command line for Linux guests: serial console, no reboot loop after a panic (QEMU runs
-# with -no-reboot, so panic=-1 ends the VM at once), quiet so the console carries our lines.
-TINY_CMDLINE = "console=ttyS0 panic=-1 quiet loglevel=3"
+# Kernel command line of the x86_64 guest (each architecture's: GuestArch.cmdline).
+TINY_CMDLINE = arches.X86_64.cmdline
 
 # What the devices of both drivers need (virtio-pci and virtio-mmio transports, block, net,
 # balloon, rng, vsock) and the root disk's file system. crc32c_generic: ext4's metadata
@@ -72,21 +78,26 @@ class BuildResult:
 def builder_fingerprint() -> str:
     """This builder's version: its own source, so a changed /init or module list rebuilds."""
     h = hashlib.sha256(f"builder {BUILDER_VERSION}\n".encode())
-    for mod in (cpio, kmod, guest_init):
+    for mod in (cpio, kmod, guest_init, arches, bootkernel):
         h.update(Path(mod.__file__ or "").read_bytes())
     h.update(Path(__file__).read_bytes())
     return h.hexdigest()[:16]
 
 
-def inputs_hash(kernel: Package, busybox: Package) -> str:
-    text = json.dumps({"kernel": [kernel.name, kernel.version],
+def inputs_hash(kernel: Package, busybox: Package, arch: str = "x86_64") -> str:
+    text = json.dumps({"arch": arch, "kernel": [kernel.name, kernel.version],
                        "busybox": [busybox.name, busybox.version],
                        "builder": builder_fingerprint()}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _applets(busybox: Path) -> list[str]:
-    """``/bin/sh``-style paths of every applet, from the binary itself (static, runs here)."""
+def _applets(busybox: Path, arch: GuestArch) -> list[str]:
+    """``bin/sh``-style paths of every applet, from the binary itself (static, runs here).
+
+    A busybox of another architecture does not run here: then only ``bin/sh`` (what the
+    kernel needs to start /init), and /init makes the other links with ``--install -s``."""
+    if arch.name != arches.host_arch():
+        return ["bin/sh"]
     try:
         out = subprocess.run([str(busybox), "--list-full"], capture_output=True, text=True,
                              check=True, timeout=30).stdout
@@ -96,13 +107,13 @@ def _applets(busybox: Path) -> list[str]:
 
 
 def _write_initramfs(out: Path, busybox: bytes, applets: list[str],
-                     modules: list[tuple[str, bytes]]) -> None:
+                     modules: list[tuple[str, bytes]], arch: GuestArch) -> None:
     with out.open("wb") as f, cpio.CpioWriter(f) as w:
         for d in _DIRS:
             w.dir(d)
         w.chardev("dev/console", 5, 1)  # Documentation/admin-guide/devices.txt
         w.chardev("dev/null", 1, 3, 0o666)
-        w.chardev("dev/ttyS0", 4, 64)
+        w.chardev(f"dev/{arch.console}", *arch.console_node)
         w.file("bin/busybox", busybox, 0o755)
         for path in applets:
             if path != "bin/busybox":
@@ -144,15 +155,35 @@ def _write_rootfs(out: Path, tree: Path, busybox: Path, applets: list[str]) -> N
         raise ImageError(f"mkfs.ext4 failed: {exc.stderr.strip()}") from None
 
 
+def apt_for(arch: GuestArch) -> Apt | None:
+    """The host's apt for its own architecture, a private apt state for another (no root)."""
+    if arch.name == arches.host_arch():
+        return None
+    return Apt.foreign(arch.debian, vnix_home() / "apt" / arch.debian)
+
+
+def _stage_kernel(vmlinuz: Path, out: Path, arch: GuestArch) -> None:
+    """The kernel as the board boots it: a bzImage as is, an arm64 Image unpacked if needed."""
+    if arch.name == "aarch64":
+        out.write_bytes(bootkernel.arm64_image(vmlinuz.read_bytes(), vmlinuz.name))
+        return
+    if bootkernel.read_kind(vmlinuz) not in ("bzImage", "elf"):
+        raise ImageError(f"{vmlinuz.name} is not an x86 bzImage")
+    shutil.copyfile(vmlinuz, out)
+
+
 def build_tiny(*, force: bool = False, on_step: Callable[[str], None] | None = None,
-               directory: Path | None = None) -> BuildResult:
-    """Build (or confirm up to date) the tiny image; see the module docstring for the steps."""
+               directory: Path | None = None, arch: str = "x86_64") -> BuildResult:
+    """Build (or confirm up to date) the tiny image for ``arch`` (x86_64: ``tiny``, aarch64:
+    ``tiny-arm64``); see the module docstring for the steps."""
+    guest = arches.get_arch(arch)
     step = on_step or (lambda _name: None)
     start = time.monotonic()
-    dest = directory or image_dir("tiny")
+    dest = directory or image_dir(guest.image)
+    apt = apt_for(guest)
     step("resolve")
-    kernel_pkg, busybox_pkg = resolve_inputs()
-    digest = inputs_hash(kernel_pkg, busybox_pkg)
+    kernel_pkg, busybox_pkg = resolve_inputs(apt=apt, kernel_meta=guest.kernel_meta)
+    digest = inputs_hash(kernel_pkg, busybox_pkg, guest.name)
     old = read_manifest(dest)
     if (not force and old and old.get("inputs_hash") == digest
             and all((dest / f).is_file() for f in old.get("files", {}).values())):
@@ -162,7 +193,7 @@ def build_tiny(*, force: bool = False, on_step: Callable[[str], None] | None = N
     with tempfile.TemporaryDirectory(prefix="vnix-image-", dir=dest.parent) as tmp_name:
         tmp = Path(tmp_name)
         step("download")
-        debs = {p.name: download(p, tmp) for p in (kernel_pkg, busybox_pkg)}
+        debs = {p.name: download(p, tmp, apt) for p in (kernel_pkg, busybox_pkg)}
         step("unpack")
         root = tmp / "pkgroot"
         for deb in debs.values():
@@ -181,11 +212,11 @@ def build_tiny(*, force: bool = False, on_step: Callable[[str], None] | None = N
         modules = [(n, kmod.read_module(tree.paths[n])) for n in order]
 
         step("initramfs")
-        applets = _applets(busybox)
+        applets = _applets(busybox, guest)
         staged = tmp / "out"
         staged.mkdir()
-        _write_initramfs(staged / "initrd.cpio", busybox.read_bytes(), applets, modules)
-        shutil.copyfile(vmlinuz[0], staged / "vmlinuz")
+        _write_initramfs(staged / "initrd.cpio", busybox.read_bytes(), applets, modules, guest)
+        _stage_kernel(vmlinuz[0], staged / "vmlinuz", guest)
 
         step("rootfs")
         _write_rootfs(staged / "rootfs.ext4", tmp / "rootfs-tree", busybox, applets)
@@ -197,14 +228,15 @@ def build_tiny(*, force: bool = False, on_step: Callable[[str], None] | None = N
             (staged / name).replace(dest / name)
         seconds = time.monotonic() - start
         manifest: dict[str, object] = {
-            "name": "tiny",
+            "name": guest.image,
+            "arch": guest.name,
             "inputs": {"kernel": [kernel_pkg.name, kernel_pkg.version],
                        "busybox": [busybox_pkg.name, busybox_pkg.version],
                        "builder": builder_fingerprint()},
             "inputs_hash": digest,
             "kernel_release": release,
             "modules": order,
-            "cmdline": TINY_CMDLINE,
+            "cmdline": guest.cmdline,
             "files": files,
             "sizes": {k: (dest / v).stat().st_size for k, v in files.items()},
             "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

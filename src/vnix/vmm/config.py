@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass, field
 from vnix.vmm import ConfigError
 
 MIN_MEMORY_MIB = 16
+# Guest instruction sets (``uname -m`` names): the native VMM runs x86_64; QEMU (TCG) runs both.
+ARCHES = ("x86_64", "aarch64")
 MAX_VCPUS = 8  # what the MP table / MADT and our APIC ID space are laid out for
 
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMGT]?)(i?B)?\s*$", re.IGNORECASE)
@@ -63,9 +65,12 @@ class MachineConfig:
     disks: list[DiskConfig] = field(default_factory=list)
     nets: list[NetConfig] = field(default_factory=list)
     debug_exit: bool = False  # QEMU-compatible isa-debug-exit on port 0x501 (test guests)
+    arch: str = "x86_64"  # the guest's instruction set: x86_64 or aarch64 (QEMU TCG only)
 
     def validate(self) -> None:
         """Refuse impossible configurations with one clear line (ConfigError, exit status 2)."""
+        if self.arch not in ARCHES:
+            raise ConfigError(f"unknown guest architecture {self.arch!r} ({' or '.join(ARCHES)})")
         if not 1 <= self.cpus <= MAX_VCPUS:
             raise ConfigError(f"--cpus must be between 1 and {MAX_VCPUS}, not {self.cpus}")
         if self.memory_mib < MIN_MEMORY_MIB:
