@@ -1,0 +1,240 @@
+"""The split virtqueue (virtio 1.2, 2.7), device side.
+
+Guest memory holds three areas the driver places and the device only reads or writes through
+:class:`~vnix.vmm.memory.GuestMemory`::
+
+    descriptor table  size x { le64 addr; le32 len; le16 flags; le16 next }      align 16 (2.7.5)
+    available ring    le16 flags; le16 idx; le16 ring[size]; le16 used_event     align 2  (2.7.6)
+    used ring         le16 flags; le16 idx; {le32 id; le32 len} ring[size];
+                      le16 avail_event                                           align 4  (2.7.8)
+
+Everything the driver wrote is checked before it is used:
+
+* the layout (at activation): size a power of two no larger than the device's maximum (2.7:
+  "Queue Size ... is always a power of 2"), each area aligned and wholly inside guest RAM;
+* ``avail.idx`` may run ahead of what the device has taken by at most ``size`` entries
+  (otherwise :class:`QueueError`: the ring cannot be trusted, the device goes to NEEDS_RESET);
+* each head index and ``next`` index must be below the table size; a chain may not visit more
+  descriptors than its table holds (a loop); every buffer must lie wholly inside guest RAM;
+  device-readable descriptors must come before device-writable ones (2.7.4.2); an indirect
+  descriptor (2.7.5.3) needs VIRTIO_F_INDIRECT_DESC, a length that is a non-zero multiple of 16,
+  no NEXT flag, and may not appear inside an indirect table. A bad chain is a :class:`ChainError`
+  carrying its head: the device fails that one request and returns the head in the used ring.
+"""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from vnix.vmm import GuestMemoryError
+from vnix.vmm.devices.virtio import ChainError, QueueError
+from vnix.vmm.devices.virtio.constants import (
+    DESC_SIZE,
+    MAX_QUEUE_SIZE,
+    USED_ELEM_SIZE,
+    VIRTIO_MSI_NO_VECTOR,
+    VIRTQ_AVAIL_F_NO_INTERRUPT,
+    VIRTQ_DESC_F_INDIRECT,
+    VIRTQ_DESC_F_NEXT,
+    VIRTQ_DESC_F_WRITE,
+)
+from vnix.vmm.memory import GuestMemory
+
+_DESC = struct.Struct("<QIHH")
+_USED_ELEM = struct.Struct("<II")
+
+
+class Descriptor:
+    """One checked buffer of a chain: [addr, addr+length) lies inside guest RAM."""
+
+    __slots__ = ("addr", "length", "writable")
+
+    def __init__(self, addr: int, length: int, writable: bool) -> None:
+        self.addr, self.length, self.writable = addr, length, writable
+
+    def __repr__(self) -> str:
+        return f"Descriptor({self.addr:#x}, {self.length}, {'w' if self.writable else 'r'})"
+
+
+class DescriptorChain:
+    """A request: the head index (returned in the used ring) and its checked buffers."""
+
+    __slots__ = ("head", "descriptors")
+
+    def __init__(self, head: int, descriptors: list[Descriptor]) -> None:
+        self.head, self.descriptors = head, descriptors
+
+    @property
+    def readable(self) -> list[Descriptor]:
+        return [d for d in self.descriptors if not d.writable]
+
+    @property
+    def writable(self) -> list[Descriptor]:
+        return [d for d in self.descriptors if d.writable]
+
+    def __repr__(self) -> str:
+        return f"DescriptorChain(head={self.head}, {self.descriptors})"
+
+
+class BadChain(ChainError):
+    """A malformed chain; ``head`` is valid and must be returned to the driver."""
+
+    def __init__(self, head: int, why: str) -> None:
+        super().__init__(f"descriptor chain {head}: {why}")
+        self.head = head
+
+
+@dataclass
+class QueueState:
+    """What a queue is, for snapshots: its configuration and the two positions."""
+
+    max_size: int
+    size: int
+    ready: bool
+    desc_table: int
+    avail_ring: int
+    used_ring: int
+    next_avail: int
+    next_used: int
+    vector: int = VIRTIO_MSI_NO_VECTOR
+    indirect: bool = False
+
+
+class Queue:
+    """A split virtqueue as the device sees it."""
+
+    def __init__(self, max_size: int) -> None:
+        if not 0 < max_size <= MAX_QUEUE_SIZE or max_size & (max_size - 1):
+            raise ValueError(f"queue maximum {max_size} is not a power of two up to {MAX_QUEUE_SIZE}")
+        self.max_size = max_size
+        self.reset()
+
+    def reset(self) -> None:
+        """4.1.4.3.1: after reset queue_size is the maximum, queue_enable 0, addresses 0."""
+        self.size = self.max_size
+        self.ready = False
+        self.desc_table = 0
+        self.avail_ring = 0
+        self.used_ring = 0
+        self.next_avail = 0
+        self.next_used = 0
+        self.vector = VIRTIO_MSI_NO_VECTOR
+        self.indirect = False  # VIRTIO_F_INDIRECT_DESC negotiated
+
+    # -- configuration checks ---------------------------------------------------------------
+    def check_layout(self, mem: GuestMemory) -> None:
+        """Raise QueueError unless size and the three areas are acceptable (2.7, 2.7.5-2.7.8)."""
+        n = self.size
+        if not 0 < n <= self.max_size or n & (n - 1):
+            raise QueueError(f"queue size {n} is not a power of two up to {self.max_size}")
+        areas = (
+            ("descriptor table", self.desc_table, DESC_SIZE * n, 16),
+            ("available ring", self.avail_ring, 6 + 2 * n, 2),
+            ("used ring", self.used_ring, 6 + USED_ELEM_SIZE * n, 4),
+        )
+        for name, addr, length, align in areas:
+            if addr % align:
+                raise QueueError(f"{name} at {addr:#x} is not {align}-byte aligned")
+            if not mem.is_valid(addr, length):
+                raise QueueError(f"{name} {addr:#x}+{length:#x} is outside guest RAM")
+
+    # -- the available ring -----------------------------------------------------------------
+    def avail_idx(self, mem: GuestMemory) -> int:
+        return mem.read_u16(self.avail_ring + 2)
+
+    def pending(self, mem: GuestMemory) -> int:
+        """Entries the driver has made available and the device has not taken."""
+        n = (self.avail_idx(mem) - self.next_avail) & 0xFFFF
+        if n > self.size:
+            raise QueueError(f"available index is {n} entries ahead of the device (queue size {self.size})")
+        return n
+
+    def pop(self, mem: GuestMemory) -> DescriptorChain | None:
+        """The next available chain, or None. Raises QueueError (ring broken) or BadChain
+        (this request is malformed; it has been taken and must be completed with length 0)."""
+        try:
+            if not self.pending(mem):
+                return None
+            slot = self.avail_ring + 4 + 2 * (self.next_avail % self.size)
+            head = mem.read_u16(slot)
+        except GuestMemoryError as exc:  # the layout was checked; only a remap could get here
+            raise QueueError(str(exc)) from None
+        if head >= self.size:
+            raise QueueError(f"available ring names descriptor {head}, queue size is {self.size}")
+        self.next_avail = (self.next_avail + 1) & 0xFFFF
+        return DescriptorChain(head, self._walk(mem, head))
+
+    def undo_pop(self) -> None:
+        """Give the last popped chain back (a device that cannot take it now, e.g. no rx room)."""
+        self.next_avail = (self.next_avail - 1) & 0xFFFF
+
+    def _walk(self, mem: GuestMemory, head: int) -> list[Descriptor]:
+        table, table_size = self.desc_table, self.size
+        in_indirect = False
+        seen_writable = False
+        visited = 0
+        index = head
+        out: list[Descriptor] = []
+        while True:
+            if index >= table_size:
+                raise BadChain(head, f"next index {index} is past the table of {table_size}")
+            visited += 1
+            if visited > table_size:
+                raise BadChain(head, f"chain visits more than {table_size} descriptors (a loop)")
+            try:
+                addr, length, flags, nxt = _DESC.unpack(mem.read(table + DESC_SIZE * index, DESC_SIZE))
+            except GuestMemoryError:
+                raise BadChain(head, "descriptor outside guest RAM") from None
+            if flags & VIRTQ_DESC_F_INDIRECT:
+                if not self.indirect:
+                    raise BadChain(head, "indirect descriptor without VIRTIO_F_INDIRECT_DESC")
+                if in_indirect:
+                    raise BadChain(head, "indirect descriptor inside an indirect table (2.7.5.3.1)")
+                if flags & VIRTQ_DESC_F_NEXT:
+                    raise BadChain(head, "indirect descriptor with NEXT set (2.7.5.3.1)")
+                if length == 0 or length % DESC_SIZE or length // DESC_SIZE > MAX_QUEUE_SIZE:
+                    raise BadChain(head, f"indirect table length {length} is not 16..{16 * MAX_QUEUE_SIZE} in 16s")
+                if addr % DESC_SIZE or not mem.is_valid(addr, length):
+                    raise BadChain(head, f"indirect table {addr:#x}+{length:#x} misaligned or outside guest RAM")
+                table, table_size = addr, length // DESC_SIZE
+                in_indirect, index, visited = True, 0, 0
+                continue
+            writable = bool(flags & VIRTQ_DESC_F_WRITE)
+            if seen_writable and not writable:
+                raise BadChain(head, "device-readable descriptor after a device-writable one (2.7.4.2)")
+            seen_writable = writable
+            if length and not mem.is_valid(addr, length):
+                raise BadChain(head, f"buffer {addr:#x}+{length:#x} is outside guest RAM")
+            out.append(Descriptor(addr, length, writable))
+            if not flags & VIRTQ_DESC_F_NEXT:
+                return out
+            index = nxt
+
+    # -- the used ring ----------------------------------------------------------------------
+    def add_used(self, mem: GuestMemory, head: int, length: int) -> None:
+        """Return chain ``head`` with ``length`` bytes written (2.7.8), then publish used.idx."""
+        slot = self.used_ring + 4 + USED_ELEM_SIZE * (self.next_used % self.size)
+        mem.write(slot, _USED_ELEM.pack(head, length & 0xFFFFFFFF))
+        self.next_used = (self.next_used + 1) & 0xFFFF
+        mem.write_u16(self.used_ring + 2, self.next_used)  # after the element: 2.7.8.2 ordering
+
+    def needs_interrupt(self, mem: GuestMemory) -> bool:
+        """Without VIRTIO_F_EVENT_IDX the driver suppresses interrupts with a flag (2.7.7)."""
+        try:
+            return not mem.read_u16(self.avail_ring) & VIRTQ_AVAIL_F_NO_INTERRUPT
+        except GuestMemoryError:
+            return True
+
+    # -- snapshots --------------------------------------------------------------------------
+    def save(self) -> QueueState:
+        return QueueState(self.max_size, self.size, self.ready, self.desc_table, self.avail_ring,
+                          self.used_ring, self.next_avail, self.next_used, self.vector, self.indirect)
+
+    @classmethod
+    def restore(cls, state: QueueState) -> Queue:
+        q = cls(state.max_size)
+        q.size, q.ready = state.size, state.ready
+        q.desc_table, q.avail_ring, q.used_ring = state.desc_table, state.avail_ring, state.used_ring
+        q.next_avail, q.next_used = state.next_avail & 0xFFFF, state.next_used & 0xFFFF
+        q.vector, q.indirect = state.vector, state.indirect
+        return q

@@ -1,0 +1,78 @@
+"""A device thread: waits (epoll) on queue-notification eventfds and host fds, calls handlers.
+
+KVM signals a queue's eventfd itself when the guest writes the notify address (KVM_IOEVENTFD),
+so a queue kick does not return to the vCPU thread; the used-buffer interrupt leaves through an
+irqfd (KVM_IRQFD) the same way. Only this thread runs the device's queue code.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import select
+import threading
+from typing import Callable
+
+log = logging.getLogger(__name__)
+
+
+def drain(fd: int) -> None:
+    """Read an eventfd's counter (non-blocking fds only)."""
+    try:
+        os.eventfd_read(fd)
+    except BlockingIOError:
+        pass
+
+
+class Worker:
+    """One thread; handlers are called with no lock held by the worker itself."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._epoll = select.epoll()
+        self._handlers: dict[int, Callable[[], None]] = {}
+        self._stop_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._epoll.register(self._stop_fd, select.EPOLLIN)
+        self._thread: threading.Thread | None = None
+        self._running = False
+
+    def add(self, fd: int, handler: Callable[[], None]) -> None:
+        self._handlers[fd] = handler
+        self._epoll.register(fd, select.EPOLLIN)
+
+    def remove(self, fd: int) -> None:
+        if self._handlers.pop(fd, None) is not None:
+            try:
+                self._epoll.unregister(fd)
+            except (OSError, ValueError):
+                pass
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._running = True
+            self._thread = threading.Thread(target=self._loop, name=self.name, daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._running = False
+        os.eventfd_write(self._stop_fd, 1)
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(2.0)
+        self._thread = None
+
+    def _loop(self) -> None:
+        while self._running:
+            try:
+                events = self._epoll.poll(1.0)
+            except InterruptedError:
+                continue
+            for fd, _ in events:
+                if fd == self._stop_fd:
+                    drain(fd)
+                    continue
+                handler = self._handlers.get(fd)
+                if handler is None:
+                    continue
+                try:
+                    handler()
+                except Exception:  # a host-side bug in one device must not kill the thread
+                    log.exception("%s: handler for fd %d failed", self.name, fd)
