@@ -87,12 +87,16 @@ class JobRunner:
                 return
             if job.cancel_requested:
                 job.state, job.finished = "cancelled", utcnow()
-                self._notify()
-                return
-            job.state, job.started = "running", utcnow()
+                abandon = dict(job.op)
+            else:
+                abandon = None
+                job.state, job.started = "running", utcnow()
             op_data, owner = dict(job.op), job.owner
             user = s.get(User, owner)
             actor = Actor(owner, Role(user.role)) if user else SYSTEM
+        if abandon is not None:
+            self._abandon(abandon)
+            return
         self._notify()
         ctx = JobContext(self.manager, job_id, actor)
         state, error, result = "succeeded", "", None
@@ -125,11 +129,21 @@ class JobRunner:
             if job.state in FINAL:
                 raise Conflict(f"job {job_id} has already {job.state}")
             job.cancel_requested = True
-            if job.state == "queued":
+            queued = job.state == "queued"
+            if queued:
                 job.state, job.finished, job.error = "cancelled", utcnow(), "cancelled by request"
-            state = job.state
+            state, op = job.state, dict(job.op)
+        if queued:
+            self._abandon(op)
         self._notify()
         return state
+
+    def _abandon(self, op_data: dict[str, object]) -> None:
+        try:
+            parse_operation(op_data).abandon(self.manager)
+        except Exception:  # cancelling must not fail because the undo did
+            log.exception("abandoning %s", op_data.get("kind"))
+        self._notify()
 
     def wait(self, job_id: int, timeout: float | None = None) -> Job:
         """Block until the job ends (or ``timeout``); returns the job row as it is then."""

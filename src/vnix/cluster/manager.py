@@ -158,6 +158,10 @@ class Manager:
     def usage(self, s: Any, owner: str) -> tuple[int, int, int]:
         return usage(s, owner)
 
+    def usage_of(self, owner: str) -> tuple[int, int, int]:
+        with self.store.session() as s:
+            return usage(s, owner)
+
     # -- first start ----------------------------------------------------------------------
     def ensure_admin(self, password: str | None = None) -> str | None:
         """Create user ``admin`` if there is no admin yet; returns the password if it was

@@ -78,6 +78,9 @@ class Operation(BaseModel):
         """Carry the operation out. The returned dict becomes the job's result."""
         return None
 
+    def abandon(self, manager: Manager) -> None:
+        """Undo what ``check`` recorded, for a job cancelled before it ran (idempotent)."""
+
 
 OPERATIONS: dict[str, type[Operation]] = {}
 O = TypeVar("O", bound=type[Operation])
@@ -158,14 +161,16 @@ class JobContext:
     def parallel(self, items: Sequence[T], fn: Callable[[T], R], label: Callable[[T], str],
                  max_workers: int = 8) -> list[tuple[T, R | None, VnixError | None]]:
         """Run ``fn`` over ``items`` in threads; progress follows the items done. Items not
-        started when the job is cancelled are skipped (their error is Cancelled). Returns
-        (item, result, error) in the items' order: one failure never hides the others."""
+        started when the job is cancelled are skipped (their error is Cancelled, they do not
+        count as progress). Returns (item, result, error) in the items' order: one failure
+        never hides the others."""
         done = 0
         out: dict[int, tuple[T, R | None, VnixError | None]] = {}
+        skipped = Cancelled("cancelled before it started")
 
         def one(i: int, item: T) -> tuple[int, R | None, VnixError | None]:
             if self.cancelled():
-                return i, None, Cancelled("cancelled before it started")
+                return i, None, skipped
             try:
                 return i, fn(item), None
             except VnixError as exc:
@@ -177,6 +182,8 @@ class JobContext:
             for fut in as_completed(futures):
                 i, res, err = fut.result()
                 out[i] = (items[i], res, err)
+                if err is skipped:
+                    continue
                 done += 1
                 status = "ok" if err is None else f"failed: {err}"
                 with self.session() as s:

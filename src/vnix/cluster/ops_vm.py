@@ -143,6 +143,12 @@ class CreateVm(Operation):
             ctx.log(f"{self.name}: {out.state} on {host}")
             return host
 
+    def abandon(self, manager: Any) -> None:
+        with manager.store.session() as s:
+            vm = s.get(Vm, self.name)
+            if vm is not None and vm.actual == "creating":
+                s.delete(vm)
+
     def _undo(self, ctx: JobContext, host: str, exc: VnixError) -> None:
         if not isinstance(exc, Cancelled) and not (isinstance(exc, AgentError)
                                                    and exc.status == 409):
@@ -159,7 +165,8 @@ class CreateVm(Operation):
 
 
 def check_quota(ctx: OpContext, user: User, vms: int, cpus: int, mib: int) -> None:
-    if user.role == "admin":
+    """Admins have no quota, and what an admin makes for a user is not refused either."""
+    if user.role == "admin" or ctx.actor.is_admin:
         return
     n, c, m = ctx.manager.usage(ctx.session, user.name)
     for limit, used, more, what in ((user.max_vms, n, vms, "VMs"),
@@ -193,9 +200,16 @@ class CreateVms(Operation):
         for vm in self.vms:
             vm.check(ctx)
 
+    def abandon(self, manager: Any) -> None:
+        for vm in self.vms:
+            vm.abandon(manager)
+
     def run(self, ctx: JobContext) -> dict[str, Any] | None:
         results = ctx.parallel(self.vms, lambda v: v.create(ctx), lambda v: v.name,
                                self.parallel)
+        for vm, _, err in results:
+            if err is not None:
+                vm.abandon(ctx.manager)  # those never started keep no row
         summarize(results, lambda v: v.name)
         return {"vms": {v.name: host for v, host, _ in results}}
 

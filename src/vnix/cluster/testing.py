@@ -7,6 +7,7 @@ the admin created, and :func:`image_files` writes a kernel/initrd the agent acce
 """
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -22,23 +23,27 @@ ADMIN_PASSWORD = "admin-password"
 
 
 def image_files(directory: Path) -> tuple[Path, Path]:
-    """A file that looks like a bzImage (the boot-protocol magic) and an initrd."""
+    """A file that looks like a bzImage (boot flag 0xAA55 at 0x1FE, "HdrS" at 0x202) and an
+    initrd."""
     directory.mkdir(parents=True, exist_ok=True)
     kernel, initrd = directory / "bzImage", directory / "initrd"
-    kernel.write_bytes(b"\0" * 0x202 + b"HdrS" + b"\0" * 64)
+    kernel.write_bytes(b"\0" * 0x1FE + b"\x55\xaa" + b"\0\0" + b"HdrS" + b"\0" * 64)
     initrd.write_bytes(b"070701")
     return kernel, initrd
 
 
 class _Switch(httpx.BaseTransport):
-    def __init__(self, agents: FakeAgents, host: str, client: TestClient) -> None:
-        self.agents, self.host, self.client = agents, host, client
+    def __init__(self, agents: FakeAgents, host: str) -> None:
+        self.agents, self.host = agents, host
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         if self.host in self.agents.down:
             raise httpx.ConnectError("connection refused (host taken down by the test)",
                                      request=request)
-        return self.client._transport.handle_request(request)  # noqa: SLF001
+        if self.agents.delay:
+            time.sleep(self.agents.delay)
+        client = self.agents.clients[self.host]  # the newest agent "process" on the host
+        return client._transport.handle_request(request)  # noqa: SLF001
 
 
 class FakeAgents:
@@ -47,6 +52,7 @@ class FakeAgents:
     def __init__(self, root: Path, hosts: Iterable[str], image: str = "tiny") -> None:
         self.root = root
         self.down: set[str] = set()
+        self.delay = 0.0  # seconds added to every request: slow agents for cancel tests
         self.clients: dict[str, TestClient] = {}
         kernel, initrd = image_files(root / "files")
         for host in hosts:
@@ -72,7 +78,7 @@ class FakeAgents:
 
     def http_factory(self, url: str) -> httpx.Client:
         host = url.removeprefix("http://").removesuffix(".test")
-        return httpx.Client(base_url=url, transport=_Switch(self, host, self.clients[host]))
+        return httpx.Client(base_url=url, transport=_Switch(self, host))
 
     def vm_state(self, host: str, vm: str) -> str | None:
         r = self.clients[host].get(f"/vms/{vm}", headers=self.auth)
