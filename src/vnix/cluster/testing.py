@@ -37,7 +37,7 @@ class _Switch(httpx.BaseTransport):
         self.agents, self.host = agents, host
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        if self.host in self.agents.down:
+        if self.host in self.agents.down or self.host not in self.agents.clients:
             raise httpx.ConnectError("connection refused (host taken down by the test)",
                                      request=request)
         if self.agents.delay:
