@@ -16,7 +16,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 
-from vnix.api import routes_admin, routes_jobs, routes_vms
+from vnix.api import clusters, routes_admin, routes_jobs, routes_vms
 from vnix.api.models import ErrorOut
 from vnix.cluster.errors import Unauthorized, http_status
 from vnix.cluster.manager import Manager
@@ -58,6 +58,8 @@ def create_api(manager: Manager, own_manager: bool = True) -> FastAPI:
     api.include_router(routes_admin.router)
     api.include_router(routes_vms.router)
     api.include_router(routes_jobs.router)
+    api.include_router(clusters.router)  # virtual clusters (XML) and saved profiles
+    api.include_router(clusters.profiles_router)
     app.include_router(api)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
