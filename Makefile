@@ -25,6 +25,7 @@ testkit: deps
 
 image: venv
 	$(BIN)/vnix image build tiny
+	$(BIN)/vnix image build tiny-arm64
 
 # The main job on the embedded default: boot the tiny guest and run a command in it.
 demo: venv testkit image

@@ -149,15 +149,16 @@ def create_app(data_dir: Path, token: str, drivers: list[str] | None = None,
     @api.post("/images", response_model=ImageOut, status_code=201)
     def import_image(req: ImportImage) -> ImageOut:
         st = vms.images
-        if req.tiny:
-            return image_out(st.import_tiny(name=req.name))
+        if req.tiny or req.built:
+            return image_out(st.import_tiny(name=req.name, built=req.built or "tiny"))
         if req.kernel:
             return image_out(st.import_kernel(
                 req.name, Path(req.kernel), Path(req.initrd) if req.initrd else None,
                 req.cmdline, Path(req.path) if req.path else None))
         if req.path:
             return image_out(st.import_disk(req.name, Path(req.path), req.format))
-        raise BadRequest("give 'path' (a disk), 'kernel' (and 'initrd'), or 'tiny': true")
+        raise BadRequest("give 'path' (a disk), 'kernel' (and 'initrd'), 'tiny': true or "
+                         "'built': NAME")
 
     @api.get("/images/{name}", response_model=ImageOut)
     def image_info(name: str) -> ImageOut:

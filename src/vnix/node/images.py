@@ -5,12 +5,14 @@ Layout (``<data_dir>/images/``)::
     <name>/image.json     ImageRecord: kind, files, format, size, default kernel cmdline
     <name>/disk.raw|disk.qcow2, vmlinuz, initrd     the image's files (hard links when possible)
 
-Kinds: ``linux`` (kernel + initrd + optional root disk, e.g. the tiny guest built by
-``vnix image build tiny``), ``kernel`` (kernel + optional initrd), ``disk`` (a raw or qcow2
+Kinds: ``linux`` (kernel + initrd + optional root disk, e.g. the tiny guests built by
+``vnix image build tiny`` or ``tiny-arm64``), ``kernel`` (kernel + optional initrd), ``disk`` (a raw or qcow2
 disk). A VM never writes to a base image: it gets a qcow2 overlay
 (``qemu-img create -f qcow2 -b BASE -F FMT``, docs/tools/qemu-img.rst). Imports are checked
 with ``qemu-img info --output=json`` and, for qcow2, ``qemu-img check``; a file that is not a
-raw or qcow2 image, or a corrupt one, is refused.
+raw or qcow2 image, or a corrupt one, is refused. A kernel image records its guest's
+architecture (``arch``: x86_64 for a bzImage or ELF, aarch64 for an arm64 Image), which VMs made
+from it inherit.
 """
 from __future__ import annotations
 
@@ -43,6 +45,7 @@ class ImageRecord:
     size: int = 0  # bytes on the host
     virtual_size: int = 0  # disk size the guest sees
     created: float = 0.0
+    arch: str = "x86_64"  # the kernel's instruction set (records from before arches: x86_64)
 
 
 def check_name(name: str, what: str = "image") -> str:
@@ -92,14 +95,19 @@ def detect_format(path: Path) -> tuple[str, int]:
     return fmt, vsize
 
 
-def check_kernel(path: Path) -> None:
-    """A bzImage ("HdrS" at 0x202, Documentation/arch/x86/boot.rst) or an ELF (PVH) kernel."""
+def check_kernel(path: Path) -> str:
+    """A bzImage ("HdrS" at 0x202, Documentation/arch/x86/boot.rst), an ELF (PVH) kernel or an
+    arm64 Image (vnix.images.bootkernel); returns the guest architecture it boots."""
+    from vnix.images.bootkernel import HEAD_BYTES, KIND_ARCH, kernel_kind
+
     if not path.is_file():
         raise InvalidImage(f"kernel {path} does not exist")
     with path.open("rb") as f:
-        head = f.read(0x206)
-    if head[:4] != b"\x7fELF" and head[0x202:0x206] != b"HdrS":
-        raise InvalidImage(f"{path} is neither a Linux bzImage nor an ELF kernel")
+        head = f.read(HEAD_BYTES)
+    kind = "bzImage" if head[0x202:0x206] == b"HdrS" else kernel_kind(head)
+    if kind not in KIND_ARCH:
+        raise InvalidImage(f"{path} is neither a Linux bzImage, an ELF kernel nor an arm64 Image")
+    return KIND_ARCH[kind]
 
 
 def _place(src: Path, dst: Path) -> None:
@@ -164,13 +172,13 @@ class ImageStore:
 
     def import_kernel(self, name: str, kernel: Path, initrd: Path | None = None,
                       cmdline: str = "", disk: Path | None = None) -> ImageRecord:
-        check_kernel(kernel)
+        arch = check_kernel(kernel)
         if initrd is not None and not initrd.is_file():
             raise InvalidImage(f"initrd {initrd} does not exist")
         disk_fmt, vsize = detect_format(disk) if disk else (None, 0)
         d = self._new_dir(name)
         rec = ImageRecord(name, "linux" if disk else "kernel", cmdline=cmdline,
-                          virtual_size=vsize, disk_format=disk_fmt)
+                          virtual_size=vsize, disk_format=disk_fmt, arch=arch)
         _place(kernel, d / "vmlinuz")
         rec.kernel = str(d / "vmlinuz")
         if initrd:
@@ -181,14 +189,18 @@ class ImageStore:
             rec.disk = str(d / f"disk.{disk_fmt}")
         return self._save(rec)
 
-    def import_tiny(self, source: Path | None = None, name: str = "tiny") -> ImageRecord:
-        """The tiny guest built by ``vnix image build tiny`` ($VNIX_HOME/images/tiny)."""
-        from vnix.images.store import image_dir, read_manifest
+    def import_tiny(self, source: Path | None = None, name: str = "tiny",
+                    built: str = "tiny") -> ImageRecord:
+        """A guest built by ``vnix image build BUILT`` ($VNIX_HOME/images/BUILT; BUILT is tiny
+        or tiny-arm64)."""
+        from vnix.images.store import KNOWN_IMAGES, image_dir, read_manifest
 
-        src = source or image_dir("tiny")
+        if source is None and built not in KNOWN_IMAGES:
+            raise BadRequest(f"unknown built image {built!r} (known: {', '.join(KNOWN_IMAGES)})")
+        src = source or image_dir(built)
         manifest = read_manifest(src)
         if manifest is None:
-            raise UnknownImage(f"no tiny guest in {src}: run `vnix image build tiny` first")
+            raise UnknownImage(f"no {built} guest in {src}: run `vnix image build {built}` first")
         files = manifest.get("files", {})
         rootfs = files.get("rootfs")
         return self.import_kernel(name, src / files["kernel"], src / files["initrd"],

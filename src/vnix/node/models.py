@@ -94,6 +94,8 @@ class ImportImage(_Strict):
     initrd: str | None = None
     cmdline: str = ""
     tiny: bool = Field(False, description="import $VNIX_HOME/images/tiny")
+    built: str | None = Field(None, description="import $VNIX_HOME/images/<built>, an image "
+                              "made by `vnix image build` (tiny, tiny-arm64)")
 
 
 class ImageOut(BaseModel):
@@ -106,6 +108,7 @@ class ImageOut(BaseModel):
     cmdline: str
     size: int
     virtual_size: int
+    arch: str = "x86_64"
     used_by: list[str]
 
 

@@ -79,7 +79,7 @@ class VmService:
         config = MachineConfig(
             kernel=image.kernel, initrd=image.initrd,
             cmdline=req.cmdline if req.cmdline is not None else image.cmdline,
-            memory_mib=parse_size_mib(req.memory), cpus=req.cpus,
+            memory_mib=parse_size_mib(req.memory), cpus=req.cpus, arch=image.arch,
         )
         config.validate()  # impossible sizes -> ConfigError (400) before anything is made
 
