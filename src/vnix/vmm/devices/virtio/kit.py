@@ -1,0 +1,84 @@
+"""Run the virtio test-kit guests (guests/testkit/virtio_*.c) under vnix and under QEMU.
+
+QEMU's microvm has no PCI, so the reference is ``-M pc`` booting the same PVH ELF through
+``-kernel`` (SeaBIOS runs first; the guest masks the 8259 it leaves on). Devices are modern-only
+virtio-pci (``disable-legacy=on``) so both VMMs show 1af4:1040+id. Used by the integration
+tests and the benchmarks, so both run exactly the same commands.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from vnix.testkit.report import GuestReport, parse_output
+from vnix.testkit.runner import TESTKIT_DIR, build, qemu_argv, vnix_argv
+
+Vmm = Literal["vnix", "qemu"]
+
+
+@dataclass(frozen=True)
+class Disk:
+    path: str
+    format: str = "raw"
+    readonly: bool = False
+
+
+@dataclass(frozen=True)
+class KitRun:
+    vmm: Vmm
+    status: int | None
+    output: str
+    stderr: str
+    report: GuestReport
+    wall_s: float
+
+    @property
+    def passed(self) -> bool:
+        r = self.report
+        return self.status == 1 and r.complete and bool(r.checks) and all(r.checks.values())
+
+
+def guest_elf(name: str) -> Path:
+    elf = TESTKIT_DIR / "build" / f"{name}.elf"
+    src = TESTKIT_DIR / f"{name}.c"
+    if not elf.is_file() or (src.is_file() and src.stat().st_mtime > elf.stat().st_mtime):
+        build()
+    return elf
+
+
+def argv_for(vmm: Vmm, name: str, *, disks: tuple[Disk, ...] = (), memory_mib: int = 64,
+             cmdline: str = "", accel: Literal["kvm", "tcg"] = "kvm", extra: tuple[str, ...] = ()) -> list[str]:
+    elf = guest_elf(name)
+    if vmm == "vnix":
+        argv = vnix_argv(elf, memory_mib=memory_mib, cmdline=cmdline)
+        for d in disks:
+            argv += ["--disk", f"{d.path},format={d.format}" + (",readonly=on" if d.readonly else "")]
+        return argv + list(extra)
+    argv = qemu_argv(elf, memory_mib=memory_mib, cmdline=cmdline, accel=accel)
+    argv[argv.index("-M") + 1] = "pc"
+    for i, d in enumerate(disks):
+        argv += ["-drive", f"file={d.path},format={d.format},if=none,id=d{i}" + (",readonly=on" if d.readonly else ""),
+                 "-device", f"virtio-blk-pci,drive=d{i},disable-legacy=on"]
+    return argv + list(extra)
+
+
+def run(vmm: Vmm, name: str, *, timeout: float = 120, **kw: object) -> KitRun:
+    argv = argv_for(vmm, name, **kw)  # type: ignore[arg-type]
+    start = time.monotonic()
+    try:
+        proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout)
+        status, out, err = proc.returncode, proc.stdout, proc.stderr
+    except subprocess.TimeoutExpired as exc:
+        status, out, err = None, exc.stdout or b"", exc.stderr or b""
+    text = out.decode("utf-8", "replace")
+    return KitRun(vmm, status, text, err.decode("utf-8", "replace"), parse_output(text), time.monotonic() - start)
+
+
+if __name__ == "__main__":  # python -m vnix.vmm.devices.virtio.kit vnix|qemu GUEST DISK
+    r = run(sys.argv[1], sys.argv[2], disks=tuple(Disk(p) for p in sys.argv[3:]))  # type: ignore[arg-type]
+    print(r.output)
+    print("status", r.status, "passed", r.passed, file=sys.stderr)
