@@ -27,7 +27,9 @@ PROG = "vnix-vmm"
 USAGE = (
     "usage: python -m vnix.vmm (--kernel FILE | --config FILE) [--initrd FILE] [--cmdline S]\n"
     "       [--memory SIZE] [--cpus N] [--debug-exit] [--flat] [--stats] [--stats-json PATH]\n"
+    "       [--disk PATH[,format=raw|qcow2][,readonly=on]]... [--net tap[,name=T][,bridge=B][,mac=M]]...\n"
 )
+_LIST_FLAGS = ("--disk", "--net")  # repeatable; added to the config's disks / nets (issue 3)
 _VALUE_FLAGS = ("--config", "--kernel", "--initrd", "--cmdline", "--memory", "--cpus", "--stats-json")
 _BOOL_FLAGS = ("--debug-exit", "--flat", "--stats")
 
@@ -47,6 +49,8 @@ class Args:
         self.flat = False
         self.stats = False
         self.help = False
+        self.disk: list[str] = []
+        self.net: list[str] = []
 
 
 def parse_args(argv: Sequence[str]) -> Args:
@@ -62,6 +66,13 @@ def parse_args(argv: Sequence[str]) -> Args:
             args.help = True
         elif name in _BOOL_FLAGS and not eq:
             setattr(args, name[2:].replace("-", "_"), True)
+        elif name in _LIST_FLAGS:
+            if not eq:
+                if i >= len(items):
+                    raise ConfigError(f"{name} needs a value")
+                value = items[i]
+                i += 1
+            getattr(args, name[2:]).append(value)
         elif name in _VALUE_FLAGS:
             if not eq:
                 if i >= len(items):
@@ -103,6 +114,11 @@ def config_from_args(args: Args) -> MachineConfig:
         config.cpus = args.cpus
     if args.debug_exit:
         config.debug_exit = True
+    if args.disk or args.net:
+        from vnix.vmm.config import parse_disk, parse_net
+
+        config.disks += [parse_disk(d) for d in args.disk]
+        config.nets += [parse_net(n) for n in args.net]
     if not isinstance(config.memory_mib, int) or not isinstance(config.cpus, int):
         raise ConfigError("memory_mib and cpus must be whole numbers")
     config.validate()

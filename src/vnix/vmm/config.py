@@ -54,6 +54,55 @@ class NetConfig:
     bridge: str | None = None
     mac: str | None = None
 
+    def validate(self) -> None:
+        if self.kind != "tap":
+            raise ConfigError(f"net kind {self.kind!r} is not supported (only tap)")
+        for label, name in (("name", self.name), ("bridge", self.bridge)):
+            if name is not None and not _IFNAME_RE.match(name):
+                raise ConfigError(f"net {label} {name!r} is not a valid interface name")
+        if self.mac is not None and (not _MAC_RE.match(self.mac) or int(self.mac[:2], 16) & 1):
+            raise ConfigError(f"net mac {self.mac!r} is not a unicast MAC address")
+
+
+_MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$", re.IGNORECASE)
+_IFNAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")  # IFNAMSIZ - 1
+
+
+def _options(text: str, flag: str) -> tuple[str, dict[str, str]]:
+    head, *rest = text.split(",")
+    opts: dict[str, str] = {}
+    for item in rest:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise ConfigError(f"{flag} {text!r}: expected key=value, not {item!r}")
+        opts[key] = value
+    return head, opts
+
+
+def parse_disk(text: str) -> DiskConfig:
+    """``PATH[,format=raw|qcow2][,readonly=on|off]`` (the ``--disk`` flag)."""
+    path, opts = _options(text, "--disk")
+    unknown = set(opts) - {"format", "readonly"}
+    if not path or unknown:
+        raise ConfigError(f"--disk {text!r}: give a path" + (f", unknown option {sorted(unknown)[0]!r}" if unknown else ""))
+    ro = opts.get("readonly", "off")
+    if ro not in ("on", "off"):
+        raise ConfigError(f"--disk {text!r}: readonly must be on or off")
+    return DiskConfig(path, ro == "on", opts.get("format", "raw"))
+
+
+def parse_net(text: str) -> NetConfig:
+    """``tap[,name=TAP][,bridge=BR][,mac=52:54:00:12:34:56]`` (the ``--net`` flag)."""
+    kind, opts = _options(text, "--net")
+    if kind != "tap":
+        raise ConfigError(f"--net {text!r}: only 'tap' networking is supported")
+    unknown = set(opts) - {"name", "bridge", "mac"}
+    if unknown:
+        raise ConfigError(f"--net {text!r}: unknown option {sorted(unknown)[0]!r}")
+    net = NetConfig("tap", opts.get("name"), opts.get("bridge"), opts.get("mac"))
+    net.validate()
+    return net
+
 
 @dataclass
 class MachineConfig:
@@ -95,6 +144,8 @@ class MachineConfig:
                 raise ConfigError(f"disk {disk.path} does not exist")
             if disk.format not in ("raw", "qcow2"):
                 raise ConfigError(f"disk {disk.path}: unknown format {disk.format!r}")
+        for net in self.nets:
+            net.validate()
 
     # -- wire format ------------------------------------------------------------------------
     def to_json(self) -> str:

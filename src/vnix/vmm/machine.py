@@ -258,6 +258,10 @@ class Machine:
         self.pio.insert(acpi.BASE_PORT, acpi.PORT_COUNT, acpi.AcpiRegisters(self.request_stop), "acpi")
         if self.config.debug_exit:
             self.pio.insert(debug_exit.PORT, debug_exit.PORT_COUNT, debug_exit.DebugExit(self.request_stop), "isa-debug-exit")
+        # -- hook (issue 3, virtio): PCI host bridge + virtio-pci devices from the MachineConfig --
+        from vnix.vmm.devices.pci.setup import add_pci_devices
+
+        self.pci = add_pci_devices(self.pio, self.mmio, mem, vm, lambda extra: self.set_gsi_routes(vm, extra), self.config)
 
     # -- running --------------------------------------------------------------------------------
     def run(self) -> Stop:
