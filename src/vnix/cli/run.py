@@ -120,7 +120,7 @@ def _overlay(base: Path, directory: Path) -> str:
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
 def run(
     ctx: typer.Context,
-    image: str = typer.Option("tiny", "--image", help="Image to boot (tiny)."),
+    image: str = typer.Option("tiny", "--image", help="Image to boot (tiny, tiny-arm64)."),
     cpus: int = typer.Option(1, "--cpus", help="Number of vCPUs."),
     memory: str = typer.Option("256M", "--memory", help="Guest memory (256M, 4G, ...)."),
     kernel: str | None = typer.Option(None, "--kernel", help="Kernel (bzImage or ELF) instead of the image's."),
