@@ -50,3 +50,27 @@ def test_readonly_disk_is_not_written(tmp_path: Path) -> None:
     v = run("vnix", "virtio_blk", disks=(Disk(str(disk), readonly=True),), cmdline="phase=write")
     assert v.report.facts["write_status"] == "1"  # VIRTIO_BLK_S_IOERR
     assert disk.read_bytes() == bytes(4 << 20)
+
+
+def test_qcow2_overlay_matches_qemu_and_base_is_untouched(tmp_path: Path) -> None:
+    import hashlib
+    import subprocess
+
+    base = tmp_path / "base.raw"
+    base.write_bytes(bytes(range(256)) * (4 << 12))  # 4 MiB, not zero: copy-on-write shows
+    digest = hashlib.sha256(base.read_bytes()).hexdigest()
+    overlays = {}
+    for vmm in ("vnix", "qemu"):
+        p = tmp_path / f"{vmm}.qcow2"
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", "base.raw", "-F", "raw", str(p)], check=True)
+        overlays[vmm] = p
+    v = run("vnix", "virtio_blk", disks=(Disk(str(overlays["vnix"]), "qcow2"),))
+    q = run("qemu", "virtio_blk", disks=(Disk(str(overlays["qemu"]), "qcow2"),))
+    assert q.passed and v.passed, v.output + v.stderr
+    assert v.report.lines == q.report.lines
+    check = subprocess.run(["qemu-img", "check", str(overlays["vnix"])], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout
+    cmp = subprocess.run(["qemu-img", "compare", str(overlays["vnix"]), str(overlays["qemu"])],
+                         capture_output=True, text=True)
+    assert cmp.returncode == 0, cmp.stdout
+    assert hashlib.sha256(base.read_bytes()).hexdigest() == digest
