@@ -88,9 +88,10 @@ bool virtio_queue_setup(struct virtio_dev *d, struct virtq *q, uint16_t index, u
 	memset(q, 0, sizeof(*q));
 	mmio_write16(d->common + C_QSELECT, index);
 	d->max_queue_size = mmio_read16(d->common + C_QSIZE);
-	if (d->max_queue_size < VQ_SIZE)
+	if (d->max_queue_size < 2)
 		return false;
-	mmio_write16(d->common + C_QSIZE, VQ_SIZE);
+	q->size = d->max_queue_size < VQ_SIZE ? d->max_queue_size : VQ_SIZE;
+	mmio_write16(d->common + C_QSIZE, q->size);
 	mmio_write16(d->common + C_QMSIX, msix_vector);
 	if (mmio_read16(d->common + C_QMSIX) != msix_vector)
 		return false;
@@ -125,14 +126,14 @@ uint16_t virtq_post(struct virtq *q, int n, const uint64_t *addr, const uint32_t
 {
 	uint16_t head = q->free_head;
 	for (int i = 0; i < n; i++) {
-		uint16_t at = (head + i) % VQ_SIZE;
+		uint16_t at = (head + i) % q->size;
 		q->desc[at].addr = addr[i];
 		q->desc[at].len = len[i];
 		q->desc[at].flags = (wr[i] ? VIRTQ_DESC_F_WRITE : 0) | (i + 1 < n ? VIRTQ_DESC_F_NEXT : 0);
-		q->desc[at].next = (at + 1) % VQ_SIZE;
+		q->desc[at].next = (at + 1) % q->size;
 	}
-	q->free_head = (head + n) % VQ_SIZE;
-	q->avail.ring[q->avail.idx % VQ_SIZE] = head;
+	q->free_head = (head + n) % q->size;
+	q->avail.ring[q->avail.idx % q->size] = head;
 	barrier();
 	q->avail.idx++;
 	barrier();
@@ -150,7 +151,7 @@ bool virtq_wait(struct virtq *q, uint32_t *len, uint64_t ms)
 	}
 	barrier();
 	if (len)
-		*len = q->used.ring[q->last_used % VQ_SIZE].len;
+		*len = q->used.ring[q->last_used % q->size].len;
 	q->last_used++;
 	return true;
 }

@@ -36,7 +36,7 @@ struct virtq {
 	struct { uint16_t flags, idx, ring[VQ_SIZE], used_event; } avail __attribute__((aligned(2)));
 	struct { uint16_t flags, idx; struct { uint32_t id, len; } ring[VQ_SIZE]; uint16_t avail_event; }
 		used __attribute__((aligned(4)));
-	uint16_t last_used, free_head, index;
+	uint16_t last_used, free_head, index, size;	/* size: min(VQ_SIZE, device maximum) */
 	uint64_t notify;	/* the address to write the queue index to */
 };
 

@@ -63,6 +63,8 @@ def argv_for(vmm: Vmm, name: str, *, disks: tuple[Disk, ...] = (), memory_mib: i
     for i, d in enumerate(disks):
         argv += ["-drive", f"file={d.path},format={d.format},if=none,id=d{i}" + (",readonly=on" if d.readonly else ""),
                  "-device", f"virtio-blk-pci,drive=d{i},disable-legacy=on"]
+    if name == "virtio_rng":  # vnix gives every VM a virtio-rng; QEMU only when asked
+        argv += ["-device", "virtio-rng-pci,disable-legacy=on"]
     return argv + list(extra)
 
 
