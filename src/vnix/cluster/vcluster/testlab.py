@@ -180,6 +180,34 @@ class HostLab:
         self.hosts[i].procs.append(p)
         return p
 
+    def start_agent(self, i: int, data_dir: Path, token: str, driver: str = "qemu",
+                    port: int = 8470, timeout: float = 60.0) -> str:
+        """``vnix agent`` in host ``i``'s namespace on its address; returns its URL once it
+        answers. Its output goes to ``<data_dir>.log``."""
+        import sys
+
+        import httpx
+
+        h = self.hosts[i]
+        url = f"http://{h.address}:{port}"
+        log_file = data_dir.with_name(data_dir.name + ".log")
+        self.spawn(i, [sys.executable, "-m", "vnix", "agent", "--listen", f"{h.address}:{port}",
+                       "--token", token, "--data-dir", str(data_dir), "--driver", driver],
+                   log_file=log_file)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                r = httpx.get(f"{url}/host", headers={"Authorization": f"Bearer {token}"},
+                              timeout=2)
+                if r.status_code == 200:
+                    return url
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                tail = log_file.read_text()[-1500:] if log_file.exists() else ""
+                raise LabError(f"the agent of {h.ns} did not answer at {url}: {tail}")
+            time.sleep(0.2)
+
     def kill(self, i: int) -> None:
         """SIGKILL what was started in host ``i`` (the process groups, so children too)."""
         for p in self.hosts[i].procs:
