@@ -27,6 +27,12 @@ def agent(
     data_dir: Path = typer.Option(..., help="where VMs' run dirs, images and networks live"),
     driver: str = typer.Option("qemu", help="default hypervisor driver (qemu, native, fake)"),
     drivers: str = typer.Option("", help="comma-separated drivers to enable (default: --driver)"),
+    join: str = typer.Option(None, help="a manager's URL to register with once serving"),
+    join_token: str = typer.Option(None, envvar="VNIX_JOIN_TOKEN",
+                                   help="the manager's join token (with --join)"),
+    name: str = typer.Option(None, help="host name at the manager (default: hostname)"),
+    advertise: str = typer.Option(None, help="URL the manager reaches this agent at "
+                                             "(default: http://LISTEN)"),
 ) -> None:
     """Run the node agent. VMs it starts keep running when it stops."""
     import uvicorn
@@ -39,4 +45,8 @@ def agent(
     enabled = [d.strip() for d in drivers.split(",") if d.strip()] or [driver]
     data_dir.mkdir(parents=True, exist_ok=True)
     api = create_app(data_dir.resolve(), token, enabled, driver)
+    if join:
+        from vnix.cli.client import join_later
+
+        join_later(join, join_token, name, advertise or f"http://{host}:{port}", token)
     uvicorn.run(api, host=host, port=port, log_level="warning")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -180,3 +181,38 @@ def mib(value: int | None) -> str:
     if value is None:
         return "-"
     return f"{value / 1024:.1f}G" if value >= 1024 else f"{value}M"
+
+
+def join_later(manager_url: str, join_token: str | None, name: str | None, agent_url: str,
+               agent_token: str, attempts: int = 60) -> threading.Thread:
+    """Register this agent with a manager once it answers (``vnix agent --join``), from a
+    thread: retried every second while the agent or the manager is not up yet."""
+    import socket
+
+    if not join_token:
+        raise NotLoggedIn("--join needs the manager's join token (--join-token or "
+                          "VNIX_JOIN_TOKEN; `vnix node join-token` makes one)")
+    host = name or socket.gethostname().lower()
+    client = ApiClient(ClientConfig(url=manager_url, token=join_token), timeout=30)
+    body = {"name": host, "url": agent_url, "token": agent_token}
+
+    def run() -> None:
+        for i in range(attempts):
+            try:
+                h = client.post("/hosts", body)
+                err_console.print(f"joined {manager_url} as host {h['name']} "
+                                  f"({h['cpus']} CPUs, {mib(h['memory_mib'])})")
+                return
+            except ApiError as exc:
+                if exc.status in (401, 403, 422) or i == attempts - 1:
+                    err_console.print(f"vnix: error: cannot join {manager_url}: {exc}")
+                    return
+            except ClientError as exc:
+                if i == attempts - 1:
+                    err_console.print(f"vnix: error: cannot join {manager_url}: {exc}")
+                    return
+            time.sleep(1.0)
+
+    t = threading.Thread(target=run, name="join", daemon=True)
+    t.start()
+    return t

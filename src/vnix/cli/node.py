@@ -72,11 +72,18 @@ def list_images(as_json: bool = JSON) -> None:
 
 @image_app.command("import")
 def import_image(name: str = typer.Argument("tiny"),
+                 kernel: str = typer.Option(None, help="a kernel file on the hosts"),
+                 initrd: str = typer.Option(None, help="an initrd file on the hosts"),
+                 disk: str = typer.Option(None, help="a raw or qcow2 disk file on the hosts"),
+                 cmdline: str = typer.Option("", help="the kernel command line"),
                  host: str = typer.Option(None, help="one host (default: every host up)"),
                  as_json: bool = JSON) -> None:
-    """Import the image built by `vnix image build NAME` on the hosts (admins)."""
+    """Import an image on the hosts (admins): by default the tiny guest `vnix image build
+    tiny` made; or files already on the hosts (--kernel/--initrd/--disk)."""
     client = ApiClient()
-    job = client.post("/images", {"image": {"name": name, "tiny": True}, "host": host})
+    image = ({"name": name, "kernel": kernel, "initrd": initrd, "path": disk,
+              "cmdline": cmdline} if kernel or disk else {"name": name, "tiny": True})
+    job = client.post("/images", {"image": image, "host": host})
     job = client.wait_jobs([job], f"import {name}", show=not as_json)[0]
     if as_json:
         return print_json(job)

@@ -21,7 +21,6 @@ from vnix.cli.client import (
     save_config,
 )
 from vnix.cli.main import app
-from vnix.cluster.ops_vm import CreateVm, CreateVms
 from vnix.errors import UsageError
 
 vm_app = typer.Typer(help="Virtual machines (through the manager).", no_args_is_help=True)
@@ -103,6 +102,8 @@ def create(
     as_json: bool = JSON,
 ) -> None:
     """Create (and start) a VM, or a batch of them deployed in parallel across hosts."""
+    from vnix.cluster.ops_vm import CreateVm, CreateVms  # the operation the API takes
+
     names = [name] if count == 1 else [f"{name}-{i}" for i in range(1, count + 1)]
     try:
         ops = [CreateVm(name=n, image=image, memory=memory, cpus=cpus, host=host, group=group,

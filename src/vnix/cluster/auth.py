@@ -8,6 +8,7 @@ The ``node`` pseudo-role belongs to the join token: it may only register hosts.
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import hmac
 import re
@@ -116,7 +117,7 @@ def issue_token(s: Session, user: str, name: str = "", ttl: timedelta | None = N
 def login(s: Session, name: str, password: str, ttl: timedelta | None = None) -> tuple[str, User]:
     user = s.get(User, name)
     # verify against a dummy hash for unknown users too: no timing oracle for user names
-    stored = user.password_hash if user else _DUMMY_HASH
+    stored = user.password_hash if user else _dummy_hash()
     if not verify_password(stored, password) or user is None:
         raise Unauthorized("wrong user name or password")
     if _hasher.check_needs_rehash(user.password_hash):
@@ -147,4 +148,6 @@ def _aware(ts: datetime) -> datetime:
     return ts if ts.tzinfo else ts.replace(tzinfo=timezone.utc)  # SQLite drops the zone
 
 
-_DUMMY_HASH = _hasher.hash("not a password of anyone")
+@functools.cache
+def _dummy_hash() -> str:
+    return _hasher.hash("not a password of anyone")
