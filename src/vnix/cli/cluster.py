@@ -11,14 +11,13 @@
     vnix cluster profile list|show|save|delete ...
     vnix cluster schema                    the XSD files are checked against
 
-The manager is found from ``--url``/``--token`` or ``VNIX_URL``/``VNIX_TOKEN``
-(default ``http://127.0.0.1:8480``). Errors are one line, exit status 2 for bad input (a bad
+The manager is the one ``vnix up`` / ``vnix login`` configured (``$VNIX_HOME/client.json``,
+:mod:`vnix.cli.client`), or ``--url``/``--token`` (``VNIX_URL``/``VNIX_TOKEN``). Errors are one line, exit status 2 for bad input (a bad
 file's problems as ``file:line: message``), 1 for failures.
 """
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -38,10 +37,9 @@ profile_app = typer.Typer(help="Saved VMM configuration profiles.", no_args_is_h
 cluster_app.add_typer(profile_app, name="profile")
 app.add_typer(cluster_app, name="cluster")
 out = Console(highlight=False, soft_wrap=True)
-DEFAULT_URL = "http://127.0.0.1:8480"
 
-URL = typer.Option(None, "--url", envvar="VNIX_URL", help="the manager (default "
-                   f"{DEFAULT_URL})")
+URL = typer.Option(None, "--url", envvar="VNIX_URL", help="the manager (default: the one "
+                   "`vnix up` or `vnix login` set up)")
 TOKEN = typer.Option(None, "--token", envvar="VNIX_TOKEN", help="an API token")
 JSON = typer.Option(False, "--json", help="print JSON instead of a table")
 NO_WAIT = typer.Option(False, "--no-wait", help="print the job and return at once")
@@ -57,7 +55,17 @@ class ClusterUsageError(UsageError):
 
 class Api:
     def __init__(self, url: str | None, token: str | None) -> None:
-        self.url = (url or DEFAULT_URL).rstrip("/")
+        from vnix.cli.client import NotLoggedIn, load_config
+
+        if url is None:
+            cfg = load_config()  # NotLoggedIn (exit 2) names what to run
+            url, token = cfg.url, token or cfg.token
+        elif token is None:
+            try:
+                token = load_config().token
+            except NotLoggedIn:
+                pass
+        self.url = url.rstrip("/")
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.http = httpx.Client(base_url=self.url + "/api/v1", headers=headers, timeout=60)
 
@@ -324,6 +332,3 @@ def profile_delete(name: str, url: str = URL, token: str = TOKEN) -> None:
     Api(url, token)("DELETE", f"/profiles/{name}")
     out.print(f"profile {name} deleted")
 
-
-def default_url() -> str:
-    return os.environ.get("VNIX_URL", DEFAULT_URL)
