@@ -27,10 +27,17 @@ image: venv
 	$(BIN)/vnix image build tiny
 	$(BIN)/vnix image build tiny-arm64
 
-# The main job on the embedded default: boot the tiny guest and run a command in it.
+# The main job on the embedded default: the manager and a local agent (`vnix up`), then the
+# 4-node virtual cluster of examples/hpc-cluster.xml, each node on its console within a minute.
 demo: venv testkit image
 	$(BIN)/vnix host check || true
-	$(BIN)/vnix run --image tiny --cpus 2 --memory 256M -- sh -c 'echo hello from $$(hostname); nproc; uname -r'
+	-@$(BIN)/vnix down >/dev/null 2>&1
+	$(BIN)/vnix up --detach
+	-@$(BIN)/vnix cluster delete hpc >/dev/null 2>&1
+	$(BIN)/vnix cluster create examples/hpc-cluster.xml
+	$(BIN)/vnix cluster wait hpc --console --timeout 60
+	@echo "consoles: vnix vm console hpc-head-0 (or the dashboard above); cluster: vnix cluster show hpc"
+	@echo "stop: vnix cluster delete hpc; vnix down"
 
 test: venv testkit image
 	$(BIN)/pytest -m "not slow" -q

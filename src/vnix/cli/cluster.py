@@ -280,6 +280,49 @@ def move(node: str, to: str = typer.Option(..., "--to", help="the cluster to mov
         out.print("; ".join((job.get("result") or {}).get("steps", [])))
 
 
+READY_LINE = "vnix-guest: ready"  # what the tiny guest's init prints before its shell
+
+
+@cluster_app.command("wait")
+def wait(name: str, console: bool = typer.Option(
+             False, help=f"also wait for each console to show {READY_LINE!r} (tiny guests)"),
+         timeout: float = typer.Option(60.0, min=1, help="seconds"), as_json: bool = JSON,
+         url: str = URL, token: str = TOKEN) -> None:
+    """Wait until every node runs (and, with --console, has booted to its shell)."""
+    api = Api(url, token)
+    t0 = time.monotonic()
+    ready: dict[str, float | None] = {}
+    while True:
+        detail = api.json("GET", f"/clusters/{name}")
+        nodes = detail["node_list"]
+        for n in nodes:
+            if n["name"] in ready and ready[n["name"]] is not None:
+                continue
+            ok = n["actual"] == "running"
+            if ok and console:
+                lines = api.json("GET", f"/vms/{n['name']}/console",
+                                 params={"lines": 500})["lines"]
+                ok = any(READY_LINE in ln for ln in lines)
+            ready[n["name"]] = round(time.monotonic() - t0, 1) if ok else None
+        if nodes and all(ready.get(n["name"]) is not None for n in nodes):
+            break
+        if time.monotonic() - t0 > timeout:
+            late = sorted(k for k, v in ready.items() if v is None)
+            raise ClusterCliError(f"{name}: {len(late)} node(s) not ready after {timeout:.0f} s:"
+                                  f" {', '.join(late)}")
+        time.sleep(1.0)
+    rows = [{"node": n["name"], "host": n["host"], "ready_s": ready[n["name"]],
+             "ips": n["ips"]} for n in nodes]
+    if as_json:
+        return _print_json(rows)
+    t = Table(title=f"cluster {name}: every node {'on its console' if console else 'running'}")
+    for col in ("NODE", "HOST", "READY AFTER", "ADDRESS"):
+        t.add_column(col)
+    for r in rows:
+        t.add_row(r["node"], r["host"] or "-", f"{r['ready_s']:.1f} s", ", ".join(r["ips"]) or "-")
+    out.print(t)
+
+
 @cluster_app.command("schema")
 def schema(url: str = URL, token: str = TOKEN) -> None:
     """Print the XSD cluster files are checked against."""
