@@ -58,3 +58,33 @@ def test_many_hosts_give_one_result_each(tmp_path: Path) -> None:
     with pytest.raises(AgentError, match="missing or wrong bearer token") as e:
         bad.call("list_vms")
     assert e.value.status == 401
+
+
+def test_the_same_schema_and_a_batch_on_postgresql(tmp_path: Path) -> None:
+    from vnix.cluster.auth import SYSTEM, Actor, Role
+    from vnix.cluster.manager import Manager, ManagerConfig
+    from vnix.cluster.ops_admin import RegisterHost
+    from vnix.cluster.ops_vm import CreateVm, CreateVms
+    from vnix.cluster.vcluster.testlab import Postgres, pg_bindir
+
+    if pg_bindir() is None:
+        pytest.skip("needs PostgreSQL's binaries")
+    with Postgres() as pg:
+        store = Store(pg.url)
+        with store.engine.connect() as conn:
+            assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
+        agents = FakeAgents(tmp_path, ["h1", "h2"])
+        m = Manager(store, ManagerConfig(monitor=False), http_factory=agents.http_factory)
+        m.ensure_admin("admin-password")
+        m.start()
+        try:
+            for h in ("h1", "h2"):
+                m.submit(RegisterHost(name=h, url=agents.url(h), token=AGENT_TOKEN), SYSTEM)
+            job_id = m.submit(CreateVms(vms=[CreateVm(name=f"p{i}", memory="32M")
+                                             for i in range(4)]), Actor("admin", Role.ADMIN))
+            job = m.runner.wait(job_id, 30)
+            assert job.state == "succeeded", job.error
+            assert sorted(job.result["vms"].values()) == ["h1", "h1", "h2", "h2"]
+        finally:
+            m.stop()
+            store.close()
