@@ -200,6 +200,18 @@ EXIT_NAMES: dict[type, str] = {
 }
 
 
+# -- the hot path ---------------------------------------------------------------------------------
+# One struct call reads kvm_run.exit_reason and the io member of the exit union together, so the
+# vCPU loop handles the commonest exit (single port I/O) without building an exit object:
+#   exit_head(page, EXIT_HEAD_OFFSET) -> (reason, direction, size, port, count, data_offset)
+# The io fields mean something only when reason == KVM_EXIT_IO; the caller checks that the data
+# area [data_offset, data_offset + size * count) lies in [IO_DATA_MIN, len(page)), as decode() does.
+_HEAD = struct.Struct(f"<I{RUN_EXIT_UNION - RUN_EXIT_REASON - 4}xBBHIQ")
+exit_head = _HEAD.unpack_from
+EXIT_HEAD_OFFSET = RUN_EXIT_REASON
+IO_DATA_MIN = RUN_EXIT_UNION  # the kernel puts port data after the union header, inside the page
+
+
 def decode(page: bytes | bytearray | memoryview) -> Exit:
     """Turn the run page after KVM_RUN into one exit value."""
     (reason,) = _REASON.unpack_from(page, RUN_EXIT_REASON)

@@ -9,13 +9,14 @@ import ctypes
 import errno
 import mmap
 import os
-from typing import Iterable, Sequence
+from functools import partial
+from typing import Callable, Iterable, Sequence
 
 from vnix.kvm import KvmError
 from vnix.kvm import ioctls as k
 from vnix.kvm import structs as s
-from vnix.kvm._ioctl import _ioctl, ioctl, ioctl_obj
-from vnix.kvm.exits import INTR, Exit, decode
+from vnix.kvm._ioctl import _ioctl, _ioctl_int, ioctl, ioctl_obj
+from vnix.kvm.exits import INTR, Exit, Intr, decode
 
 _RUN = k.KVM_RUN
 _IMMEDIATE_EXIT = s.RUN_IMMEDIATE_EXIT
@@ -56,6 +57,23 @@ class Vcpu:
             if err != _EAGAIN:
                 raise KvmError("KVM_RUN", err)
         return decode(self.run_page)
+
+    def fast_run(self) -> Callable[[], int]:
+        """KVM_RUN as a bare zero-argument call for the hot loop: returns 0 when there is an exit
+        to read from the run page (see :func:`vnix.kvm.exits.exit_head`), a negative number when
+        the call failed; then :meth:`run_failed` says what to do. Saves the method frame and
+        argument conversion of :meth:`run` (~0.5 us an exit, a third of the Python part)."""
+        return partial(_ioctl_int, self.fd, _RUN, 0)
+
+    def run_failed(self) -> Intr | None:
+        """After ``fast_run()`` returned < 0: ``INTR`` for a kick (EINTR), None to simply enter
+        again (EAGAIN, as in :meth:`run`); any other errno raises :class:`KvmError`."""
+        err = ctypes.get_errno()
+        if err == _EINTR:
+            return INTR
+        if err == _EAGAIN:
+            return None
+        raise KvmError("KVM_RUN", err)
 
     @property
     def immediate_exit(self) -> bool:

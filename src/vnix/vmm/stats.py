@@ -18,17 +18,26 @@ import os
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass, field
 
 
-@dataclass
 class ExitCounters:
-    """One vCPU's exit counts."""
+    """One vCPU's exit counts. Port-I/O exits are counted only per port (the hot loop does one
+    counter update an exit); :meth:`reasons` adds them up under ``io_out`` / ``io_in``."""
 
-    by_reason: Counter[str] = field(default_factory=Counter)
-    io_out: Counter[int] = field(default_factory=Counter)
-    io_in: Counter[int] = field(default_factory=Counter)
-    mmio: Counter[int] = field(default_factory=Counter)
+    def __init__(self) -> None:
+        self.by_reason: Counter[str] = Counter()
+        self.io_out: Counter[int] = Counter()
+        self.io_in: Counter[int] = Counter()
+        self.mmio: Counter[int] = Counter()
+
+    def reasons(self) -> Counter[str]:
+        """Exits by reason, port I/O included."""
+        total = Counter(self.by_reason)
+        for name, ports in (("io_out", self.io_out), ("io_in", self.io_in)):
+            n = sum(ports.values())
+            if n:
+                total[name] += n
+        return total
 
 
 def _python_startup_ms() -> float | None:
@@ -85,7 +94,7 @@ class Stats:
     def totals(self) -> ExitCounters:
         total = ExitCounters()
         for c in self.vcpus:
-            total.by_reason.update(c.by_reason)
+            total.by_reason.update(c.reasons())
             total.io_out.update(c.io_out)
             total.io_in.update(c.io_in)
             total.mmio.update(c.mmio)
@@ -110,7 +119,7 @@ class Stats:
             "io_out_by_port": {f"{p:#x}": n for p, n in sorted(total.io_out.items())},
             "io_in_by_port": {f"{p:#x}": n for p, n in sorted(total.io_in.items())},
             "mmio_by_addr": {f"{a:#x}": n for a, n in sorted(total.mmio.items())},
-            "exits_by_vcpu": [dict(c.by_reason) for c in self.vcpus],
+            "exits_by_vcpu": [dict(c.reasons()) for c in self.vcpus],
             "unassigned": {
                 bus: {f"{a:#x}": n for a, n in sorted(counts.items())} for bus, counts in self.unassigned.items()
             },
