@@ -207,3 +207,25 @@ def test_exit_loop_counts_every_exit(tmp_path: Path) -> None:
     assert proc.returncode == 1
     assert stats["io_out_by_port"]["0x80"] == n
     assert stats["unassigned"]["pio_writes"] == {"0x80": n}
+
+
+# -- the launcher -------------------------------------------------------------------------------
+def test_launcher_argv_is_isolated_from_the_callers_python_environment(tmp_path: Path) -> None:
+    from vnix.vmm.launch import vmm_argv
+
+    trap = tmp_path / "trap" / "vnix"
+    trap.mkdir(parents=True)
+    (trap / "__init__.py").write_text("raise SystemExit('the caller PYTHONPATH reached the VMM')\n")
+    image = tmp_path / "guest.bin"
+    image.write_bytes(say(b"isolated\n") + debug_exit(0))
+    env = dict(os.environ, PYTHONPATH=str(trap.parent), PYTHONDONTWRITEBYTECODE="1")
+    proc = subprocess.run(vmm_argv(["--flat", "--kernel", str(image), "--memory", "64M", "--debug-exit"]),
+                          env=env, capture_output=True, timeout=60)
+    assert (proc.returncode, proc.stdout) == (1, b"isolated\n"), proc.stderr
+    assert proc.stderr == b""
+
+
+def test_launcher_for_another_interpreter_is_plain_dash_m() -> None:
+    from vnix.vmm.launch import vmm_argv
+
+    assert vmm_argv(["--help"], python="/opt/other/python3") == ["/opt/other/python3", "-m", "vnix.vmm", "--help"]

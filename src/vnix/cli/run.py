@@ -98,7 +98,9 @@ def _native_argv(config: MachineConfig, workdir: Path, stats_path: str | None) -
     """``python -m vnix.vmm --config FILE``: the MachineConfig's JSON is the VMM's wire format."""
     config_path = workdir / "machine.json"
     config_path.write_text(config.to_json())
-    argv = [sys.executable, "-m", "vnix.vmm", "--config", str(config_path)]
+    from vnix.vmm.launch import vmm_argv
+
+    argv = vmm_argv(["--config", str(config_path)])
     if stats_path:
         argv += ["--stats-json", stats_path]
     return argv

@@ -70,7 +70,9 @@ class NativeHypervisor(Hypervisor):
         rec = rd.load()
         rec.state = self.state(name)
         require(name, rec.state, "start")
-        cmd = [self.python, "-m", "vnix.vmm", "--config", str(rd.path / "config.json")]
+        from vnix.vmm.launch import vmm_argv
+
+        cmd = vmm_argv(["--config", str(rd.path / "config.json")], python=self.python)
         # sh starts the VMM in the background and exits at once: the VMM is re-parented to init.
         script = (f"cd {shlex.quote(str(rd.path))} && setsid {shlex.join(cmd)} "
                   f">>console.log 2>&1 </dev/null & echo $! > pid")

@@ -123,13 +123,12 @@ def vnix_argv(
     python: str | None = None,
 ) -> list[str]:
     """The native VMM's command: ``python -m vnix.vmm`` with debug-exit, serial on stdio."""
-    argv = [
-        python or sys.executable, "-m", "vnix.vmm", "--kernel", str(elf),
-        "--memory", f"{memory_mib}M", "--cpus", str(cpus), "--debug-exit",
-    ]
+    from vnix.vmm.launch import vmm_argv
+
+    args = ["--kernel", str(elf), "--memory", f"{memory_mib}M", "--cpus", str(cpus), "--debug-exit"]
     if cmdline:
-        argv += ["--cmdline", cmdline]
-    return argv
+        args += ["--cmdline", cmdline]
+    return vmm_argv(args, python=python)
 
 
 def run_guest(

@@ -170,8 +170,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     return stop.status
 
 
-if __name__ == "__main__":
+def entry() -> None:
+    """Run :func:`main` and end the process with its status (what ``python -m vnix.vmm`` and
+    the launcher in :mod:`vnix.vmm.launch` call)."""
     status = main()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(status)  # vCPU threads may still sit in KVM_RUN (APs never started): don't wait
+
+
+if __name__ == "__main__":
+    entry()
