@@ -85,12 +85,20 @@ static void write64(uint64_t a, uint64_t v) { mmio_write32(a, (uint32_t)v); mmio
 
 bool virtio_queue_setup(struct virtio_dev *d, struct virtq *q, uint16_t index, uint16_t msix_vector)
 {
+	return virtio_queue_setup_size(d, q, index, msix_vector, VQ_SIZE);
+}
+
+bool virtio_queue_setup_size(struct virtio_dev *d, struct virtq *q, uint16_t index, uint16_t msix_vector,
+			     uint16_t want)
+{
 	memset(q, 0, sizeof(*q));
 	mmio_write16(d->common + C_QSELECT, index);
 	d->max_queue_size = mmio_read16(d->common + C_QSIZE);
 	if (d->max_queue_size < 2)
 		return false;
-	q->size = d->max_queue_size < VQ_SIZE ? d->max_queue_size : VQ_SIZE;
+	if (want > VQ_MAX)
+		want = VQ_MAX;
+	q->size = d->max_queue_size < want ? d->max_queue_size : want;
 	mmio_write16(d->common + C_QSIZE, q->size);
 	mmio_write16(d->common + C_QMSIX, msix_vector);
 	if (mmio_read16(d->common + C_QMSIX) != msix_vector)

@@ -28,13 +28,15 @@ uint64_t pci_assign_bar(uint8_t dev, int bar);	/* size it, place it at the next 
 #define VIRTIO_STATUS_NEEDS_RESET 0x40
 #define VIRTQ_DESC_F_NEXT 1
 #define VIRTQ_DESC_F_WRITE 2
-#define VQ_SIZE 16
+#define VQ_SIZE 16	/* the size virtio_queue_setup asks for */
+#define VQ_MAX 256	/* the rings' room: virtio_queue_setup_size may ask for up to this */
+#define VIRTIO_MSI_NO_VECTOR 0xffff
 
 struct virtq_desc { uint64_t addr; uint32_t len; uint16_t flags, next; };
 struct virtq {
-	struct virtq_desc desc[VQ_SIZE] __attribute__((aligned(16)));
-	struct { uint16_t flags, idx, ring[VQ_SIZE], used_event; } avail __attribute__((aligned(2)));
-	struct { uint16_t flags, idx; struct { uint32_t id, len; } ring[VQ_SIZE]; uint16_t avail_event; }
+	struct virtq_desc desc[VQ_MAX] __attribute__((aligned(16)));
+	struct { uint16_t flags, idx, ring[VQ_MAX], used_event; } avail __attribute__((aligned(2)));
+	struct { uint16_t flags, idx; struct { uint32_t id, len; } ring[VQ_MAX]; uint16_t avail_event; }
 		used __attribute__((aligned(4)));
 	uint16_t last_used, free_head, index, size;	/* size: min(VQ_SIZE, device maximum) */
 	uint64_t notify;	/* the address to write the queue index to */
@@ -53,6 +55,9 @@ struct virtio_dev {
 bool virtio_open(struct virtio_dev *d, uint16_t pci_device_id, int nth);
 bool virtio_negotiate(struct virtio_dev *d, uint64_t wanted);	/* through FEATURES_OK */
 bool virtio_queue_setup(struct virtio_dev *d, struct virtq *q, uint16_t index, uint16_t msix_vector);
+/* The same with a queue of min(want, device maximum, VQ_MAX) entries (a power of two). */
+bool virtio_queue_setup_size(struct virtio_dev *d, struct virtq *q, uint16_t index, uint16_t msix_vector,
+			     uint16_t want);
 void virtio_driver_ok(struct virtio_dev *d);
 uint8_t virtio_status(struct virtio_dev *d);
 void virtio_reset(struct virtio_dev *d);

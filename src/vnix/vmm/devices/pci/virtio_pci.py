@@ -103,6 +103,7 @@ class VirtioPciDevice:
             self.worker.add(fd, self._kick_handler(i, fd))
         for fd, handler in device.host_fds():
             self.worker.add(fd, handler)
+        device.attach_watch(self.worker)
         self.control.on_activate = self._activated
         self.config = self._build_config(device, nq)
 
@@ -320,6 +321,7 @@ class VirtioPciDevice:
     def close(self) -> None:
         self.worker.stop()
         self.device.reset()
+        self.device.close()
         for fd in self.notify_fds:
             os.close(fd)
         self.notify_fds = []

@@ -26,6 +26,35 @@ from vnix.vmm.memory import GuestMemory
 log = logging.getLogger(__name__)
 
 
+class FdWatch(Protocol):
+    """Where a device registers host fds it wants handled on its thread (the transport's
+    :class:`~vnix.vmm.devices.virtio.worker.Worker`; :class:`~vnix.vmm.devices.virtio.mock.ManualWatch`
+    in tests). ``interest(fd, False)`` stops level-triggered wake-ups (a tap with frames but no
+    rx buffers) until ``interest(fd, True)``."""
+
+    def add(self, fd: int, handler: Callable[[], None]) -> None: ...
+
+    def remove(self, fd: int) -> None: ...
+
+    def interest(self, fd: int, readable: bool) -> None: ...
+
+
+class _NoWatch:
+    """Until a transport attaches: registrations are kept and handed over on attach."""
+
+    def __init__(self) -> None:
+        self.handlers: dict[int, Callable[[], None]] = {}
+
+    def add(self, fd: int, handler: Callable[[], None]) -> None:
+        self.handlers[fd] = handler
+
+    def remove(self, fd: int) -> None:
+        self.handlers.pop(fd, None)
+
+    def interest(self, fd: int, readable: bool) -> None:
+        pass
+
+
 class Interrupt(Protocol):
     """How a device tells the driver something (4.1.5.4: used buffer / configuration change)."""
 
@@ -62,6 +91,16 @@ class VirtioDevice(ABC):
         self.active = False
         self.broken = False
         self.on_needs_reset: Callable[[str], None] = lambda why: None
+        self.watch: FdWatch = _NoWatch()
+
+    def attach_watch(self, watch: FdWatch) -> None:
+        """The transport gives the device its thread's fd watcher (registrations made before
+        are moved over)."""
+        old = self.watch
+        self.watch = watch
+        if isinstance(old, _NoWatch):
+            for fd, handler in old.handlers.items():
+                watch.add(fd, handler)
 
     # -- what the driver negotiates and reads -----------------------------------------------
     def device_features(self) -> int:
@@ -102,6 +141,9 @@ class VirtioDevice(ABC):
 
     def on_reset(self) -> None:
         """Hook: drop in-flight host-side state."""
+
+    def close(self) -> None:
+        """Hook: release host resources (tap, sockets) when the VMM shuts down."""
 
     def host_fds(self) -> list[tuple[int, Callable[[], None]]]:
         """Host file descriptors the device thread should also wait on (tap, sockets)."""

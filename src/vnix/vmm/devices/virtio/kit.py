@@ -28,6 +28,16 @@ class Disk:
 
 
 @dataclass(frozen=True)
+class Nic:
+    """A virtio-net NIC on an existing tap (``bridge``: vnix enslaves the tap to it; for QEMU
+    the caller puts the tap on the bridge, since ``script=no``)."""
+
+    tap: str
+    mac: str
+    bridge: str | None = None
+
+
+@dataclass(frozen=True)
 class KitRun:
     vmm: Vmm
     status: int | None
@@ -50,19 +60,24 @@ def guest_elf(name: str) -> Path:
     return elf
 
 
-def argv_for(vmm: Vmm, name: str, *, disks: tuple[Disk, ...] = (), memory_mib: int = 64,
+def argv_for(vmm: Vmm, name: str, *, disks: tuple[Disk, ...] = (), nics: tuple[Nic, ...] = (), memory_mib: int = 64,
              cmdline: str = "", accel: Literal["kvm", "tcg"] = "kvm", extra: tuple[str, ...] = ()) -> list[str]:
     elf = guest_elf(name)
     if vmm == "vnix":
         argv = vnix_argv(elf, memory_mib=memory_mib, cmdline=cmdline)
         for d in disks:
             argv += ["--disk", f"{d.path},format={d.format}" + (",readonly=on" if d.readonly else "")]
+        for n in nics:
+            argv += ["--net", f"tap,name={n.tap},mac={n.mac}" + (f",bridge={n.bridge}" if n.bridge else "")]
         return argv + list(extra)
     argv = qemu_argv(elf, memory_mib=memory_mib, cmdline=cmdline, accel=accel)
     argv[argv.index("-M") + 1] = "pc"
     for i, d in enumerate(disks):
         argv += ["-drive", f"file={d.path},format={d.format},if=none,id=d{i}" + (",readonly=on" if d.readonly else ""),
                  "-device", f"virtio-blk-pci,drive=d{i},disable-legacy=on"]
+    for i, n in enumerate(nics):  # no vhost here; romfile= keeps SeaBIOS from loading iPXE
+        argv += ["-netdev", f"tap,id=n{i},ifname={n.tap},script=no,downscript=no",
+                 "-device", f"virtio-net-pci,netdev=n{i},mac={n.mac},disable-legacy=on,romfile="]
     if name == "virtio_rng":  # vnix gives every VM a virtio-rng; QEMU only when asked
         argv += ["-device", "virtio-rng-pci,disable-legacy=on"]
     return argv + list(extra)

@@ -10,8 +10,11 @@ Memory is handed out by a bump allocator inside ``[base, base+size)``.
 """
 from __future__ import annotations
 
+import select
 import struct
+import time
 from dataclasses import dataclass
+from typing import Callable
 
 from vnix.vmm.devices.virtio.constants import (
     DESC_SIZE,
@@ -186,3 +189,45 @@ def bring_up(device: VirtioDevice, mem: GuestMemory, features: int | None = None
         drivers.append(drv)
     ctl.write_status(STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK)
     return ctl, drivers, irq
+
+
+class ManualWatch:
+    """An FdWatch for tests: keeps the handlers a device registers; :meth:`poll` calls those
+    whose fds are readable (and wanted), as the device thread would."""
+
+    def __init__(self) -> None:
+        self.handlers: dict[int, Callable[[], None]] = {}
+        self.paused: set[int] = set()
+
+    def add(self, fd: int, handler: Callable[[], None]) -> None:
+        self.handlers[fd] = handler
+        self.paused.discard(fd)
+
+    def remove(self, fd: int) -> None:
+        self.handlers.pop(fd, None)
+        self.paused.discard(fd)
+
+    def interest(self, fd: int, readable: bool) -> None:
+        if fd in self.handlers:
+            (self.paused.discard if readable else self.paused.add)(fd)
+
+    def poll(self, timeout: float = 0.0) -> int:
+        """One round: call the handler of every readable, wanted fd; return how many ran."""
+        fds = [fd for fd in self.handlers if fd not in self.paused]
+        if not fds:
+            return 0
+        ready, _, _ = select.select(fds, [], [], timeout)
+        for fd in ready:
+            handler = self.handlers.get(fd)
+            if handler is not None:
+                handler()
+        return len(ready)
+
+    def run_until(self, done: Callable[[], bool], timeout: float = 5.0) -> bool:
+        """Poll until ``done()`` or ``timeout`` seconds pass."""
+        end = time.monotonic() + timeout
+        while not done():
+            if time.monotonic() > end:
+                return False
+            self.poll(0.05)
+        return True

@@ -164,9 +164,10 @@ class Queue:
         self.next_avail = (self.next_avail + 1) & 0xFFFF
         return DescriptorChain(head, self._walk(mem, head))
 
-    def undo_pop(self) -> None:
-        """Give the last popped chain back (a device that cannot take it now, e.g. no rx room)."""
-        self.next_avail = (self.next_avail - 1) & 0xFFFF
+    def undo_pop(self, count: int = 1) -> None:
+        """Give the last ``count`` popped chains back (a device that cannot take them now, e.g.
+        a received frame larger than the rx buffers the driver has posted so far)."""
+        self.next_avail = (self.next_avail - count) & 0xFFFF
 
     def _walk(self, mem: GuestMemory, head: int) -> list[Descriptor]:
         table, table_size = self.desc_table, self.size

@@ -46,6 +46,14 @@ class Worker:
             except (OSError, ValueError):
                 pass
 
+    def interest(self, fd: int, readable: bool) -> None:
+        """Pause (False) or resume (True) wake-ups for a registered fd without dropping it."""
+        if fd in self._handlers:
+            try:
+                self._epoll.modify(fd, select.EPOLLIN if readable else 0)
+            except (OSError, ValueError):
+                pass
+
     def start(self) -> None:
         if self._thread is None:
             self._running = True
