@@ -229,3 +229,31 @@ def test_launcher_for_another_interpreter_is_plain_dash_m() -> None:
     from vnix.vmm.launch import vmm_argv
 
     assert vmm_argv(["--help"], python="/opt/other/python3") == ["/opt/other/python3", "-m", "vnix.vmm", "--help"]
+
+
+def test_int3_in_guest_kernel_code_reaches_the_guests_breakpoint_handler(tmp_path: Path) -> None:
+    # kvm_pvm cannot emulate a ring-0 int3 (KVM_EXIT_INTERNAL_ERROR); the VMM steps over it and
+    # injects #BP. On hardware-assisted KVM the CPU does the same by itself: the guest sees one
+    # #BP whose saved EIP is the byte after the int3.
+    handler, idt, idtr, gdt, gdtr = BASE + 0x100, BASE + 0x200, BASE + 0x300, BASE + 0x340, BASE + 0x360
+    main = b"\x0f\x01\x15" + struct.pack("<I", gdtr)  # lgdt [gdtr]: the gate's CS 0x08 must exist
+    main += b"\x0f\x01\x1d" + struct.pack("<I", idtr) + b"\xcc"  # lidt [idtr]; int3
+    after_int3 = BASE + len(main)
+    main += say(b"no #BP\n") + debug_exit(6)
+    # The handler checks the saved EIP and ends the test there (no iret: KVM's instruction
+    # emulator, which kvm_pvm runs ring-0 code through, handles iret in real mode only).
+    fail = say(b"bad eip\n") + debug_exit(5)
+    code = say(b"B") + b"\x81\x3c\x24" + struct.pack("<I", after_int3)  # cmp dword [esp], after_int3
+    ok = say(b"R\n") + debug_exit(0)
+    code += b"\x75" + bytes([len(ok)]) + ok + fail  # jne fail
+    gate = struct.pack("<HHBBH", handler & 0xFFFF, 0x08, 0, 0x8E, handler >> 16)  # 32-bit interrupt gate
+    image = bytearray(0x370)
+    image[0x340:0x358] = struct.pack("<QQQ", 0, 0x00CF9A000000FFFF, 0x00CF92000000FFFF)  # null, code, data
+    image[0x360:0x366] = struct.pack("<HI", 3 * 8 - 1, gdt)
+    image[: len(main)] = main
+    image[0x100 : 0x100 + len(code)] = code
+    image[0x200 + 3 * 8 : 0x200 + 4 * 8] = gate
+    image[0x300:0x306] = struct.pack("<HI", 4 * 8 - 1, idt)
+    proc, stats = vmm(tmp_path, bytes(image), "--debug-exit")
+    assert (proc.returncode, proc.stdout) == (1, b"BR\n"), proc.stderr
+    assert stats["exits"].get("int3_injected", 0) <= 1

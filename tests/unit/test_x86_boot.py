@@ -299,3 +299,27 @@ def test_debian_kernel_loads(mem: GuestMemory) -> None:
     assert zp.get("<I", bp.RAMDISK_IMAGE) >= hdr_end  # the initrd is clear of the unpacked kernel
     assert zp.get("<Q", bp.BP_ACPI_RSDP_ADDR) == L.ACPI_RSDP_ADDR  # protocol 2.14+
     assert struct.unpack_from("<I", data, bp.HEADER)[0] == bp.HDRS_MAGIC
+
+
+# -- host workarounds on the command line ------------------------------------------------------
+
+WORKAROUNDS = ["noxsave", "nosmap", "clearcpuid=smap,popcnt,cx16"]
+
+
+def test_linux_gets_the_host_workarounds_but_a_pvh_guest_does_not(tmp_path: Path, mem: GuestMemory) -> None:
+    kernel = _write(tmp_path, "bzImage", make_bzimage(PAYLOAD))
+    state = load_kernel(mem, kernel, None, "console=ttyS0 nosmap", 1, linux_cmdline_extra=WORKAROUNDS)
+    assert _cstring(mem, L.CMDLINE_ADDR) == state.cmdline == "console=ttyS0 nosmap noxsave clearcpuid=smap,popcnt,cx16"
+
+    guest = _write(tmp_path, "guest.elf", make_elf([(0x100000, CODE, len(CODE))], 0x100000, elf64=False,
+                                                  pvh_entry=0x100000))
+    state = load_kernel(mem, guest, None, "testkit x=1", 1, linux_cmdline_extra=WORKAROUNDS)
+    assert _cstring(mem, L.CMDLINE_ADDR) == state.cmdline == "testkit x=1"
+
+
+def test_a_users_own_option_wins_over_a_workaround() -> None:
+    from vnix.vmm.arch.x86.boot import with_options
+
+    assert with_options("clearcpuid=popcnt", WORKAROUNDS) == "clearcpuid=popcnt noxsave nosmap"
+    assert with_options("", []) == ""
+    assert with_options("a b", []) == "a b"

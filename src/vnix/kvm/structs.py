@@ -177,6 +177,19 @@ class kvm_vcpu_events(_S):
     ]
 
 
+class kvm_translation(_S):
+    """KVM_TRANSLATE: a guest linear address through the vCPU's current page tables."""
+
+    _fields_ = [
+        ("linear_address", c_uint64),
+        ("physical_address", c_uint64),
+        ("valid", c_uint8),
+        ("writeable", c_uint8),
+        ("usermode", c_uint8),
+        ("pad", c_uint8 * 5),
+    ]
+
+
 KVM_VCPUEVENT_VALID_NMI_PENDING = 0x1
 KVM_VCPUEVENT_VALID_SIPI_VECTOR = 0x2
 KVM_VCPUEVENT_VALID_SHADOW = 0x4

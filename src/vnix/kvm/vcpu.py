@@ -122,6 +122,24 @@ class Vcpu:
     def set_mp_state(self, state: int) -> None:
         ioctl_obj(self.fd, k.KVM_SET_MP_STATE, s.kvm_mp_state(state), op="KVM_SET_MP_STATE")
 
+    def translate(self, linear: int) -> int | None:
+        """The guest-physical address of ``linear`` under the vCPU's paging, or None if unmapped."""
+        t = s.kvm_translation(linear_address=linear)
+        ioctl_obj(self.fd, k.KVM_TRANSLATE, t, op="KVM_TRANSLATE")
+        return t.physical_address if t.valid else None
+
+    def inject_exception(self, vector: int) -> None:
+        """Make ``vector`` (an exception without error code, e.g. 3 = #BP) the vCPU's injected
+        event at the next KVM_RUN (KVM_SET_VCPU_EVENTS; the other events are kept)."""
+        events = self.get_vcpu_events()
+        events.exception.injected = 1
+        events.exception.pending = 0
+        events.exception.nr = vector
+        events.exception.has_error_code = 0
+        events.exception.error_code = 0
+        events.flags = 0  # leave NMI pending, SIPI vector, shadow and SMM state as they are
+        self.set_vcpu_events(events)
+
     def get_vcpu_events(self) -> s.kvm_vcpu_events:
         return self._get(k.KVM_GET_VCPU_EVENTS, s.kvm_vcpu_events, "KVM_GET_VCPU_EVENTS")
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import ctypes
 import signal
 import struct
+import sys
 import threading
 from typing import Callable, Protocol
 
@@ -62,9 +63,19 @@ def ram_layout(mem_bytes: int) -> list[tuple[int, int]]:
 
 
 def linux_loader(mem: GuestMemory, kernel_path: str, initrd_path: str | None, cmdline: str, nr_vcpus: int) -> BootCpuState:
+    """The boot protocols of ``arch.x86.boot``. On a software-nested host (kvm_pvm) a Linux
+    kernel also gets the command-line options that keep it off instructions that KVM cannot
+    emulate there (``hostcpu.linux_cmdline_workarounds``); the VMM says so on stderr."""
     from vnix.vmm.arch.x86.boot import load_kernel
+    from vnix.vmm.arch.x86.hostcpu import host_is_software_nested, linux_cmdline_workarounds
 
-    return load_kernel(mem, kernel_path, initrd_path, cmdline, nr_vcpus, i8042=True)
+    extra = linux_cmdline_workarounds(host_is_software_nested())
+    state = load_kernel(mem, kernel_path, initrd_path, cmdline, nr_vcpus, i8042=True, linux_cmdline_extra=extra)
+    if state.cmdline != cmdline:
+        added = state.cmdline[len(cmdline):].strip() if state.cmdline.startswith(cmdline.strip()) else state.cmdline
+        print(f"vnix-vmm: software-nested KVM (kvm_pvm): added '{added}' to the Linux command line", file=sys.stderr,
+              flush=True)
+    return state
 
 
 def _guest_cpuid(supported: list[CpuidEntry], vcpu_id: int, nr_vcpus: int) -> list[CpuidEntry]:
@@ -230,7 +241,8 @@ class Machine:
         for vcpu in vcpus:
             on_first = (lambda: self.stats.mark("first_kvm_run")) if vcpu.id == 0 else None
             self.threads.append(
-                VcpuThread(vcpu, self.pio, self.mmio, self.stats.counters_for_vcpu(), self.request_stop, on_first)
+                VcpuThread(vcpu, self.pio, self.mmio, self.stats.counters_for_vcpu(), self.request_stop, on_first,
+                           read_guest=mem.read)
             )
         self.stats.mark("vm_created")
 

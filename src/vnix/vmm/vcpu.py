@@ -60,6 +60,9 @@ from vnix.vmm.stats import ExitCounters
 
 KICK_SIGNAL = signal.SIGUSR1
 KVM_EXIT_IO = k.KVM_EXIT_IO
+INT3 = b"\xcc"
+BP_VECTOR = 3  # #BP, the breakpoint exception (SDM vol. 3A, table 6-1)
+EFER_LMA = 1 << 10
 
 
 class RunState(enum.Enum):
@@ -101,8 +104,10 @@ class VcpuThread:
         counters: ExitCounters,
         on_stop: Callable[[Stop], None],
         on_first_run: Callable[[], None] | None = None,
+        read_guest: Callable[[int, int], bytes] | None = None,
     ) -> None:
         self.vcpu = vcpu
+        self._read_guest = read_guest  # guest-physical reads, for looking at a failed instruction
         self.pio = pio
         self.mmio = mmio
         self.counters = counters
@@ -264,6 +269,9 @@ class VcpuThread:
                 self._on_stop(_system_event_stop(etype, self.vcpu.id))
             case InternalError(suberror=sub, data=data):
                 by_reason["internal_error"] += 1
+                if sub == k.KVM_INTERNAL_ERROR_EMULATION and self._int3_fixup():
+                    by_reason["int3_injected"] += 1
+                    return True
                 self._on_stop(self._internal_error_stop(sub, data))
             case FailEntry(reason=reason, cpu=cpu):
                 by_reason["fail_entry"] += 1
@@ -271,6 +279,26 @@ class VcpuThread:
             case Unknown(reason=reason):
                 by_reason["unknown"] += 1
                 self._on_stop(Stop(VMM_FAILURE, f"vCPU {self.vcpu.id}: unexpected KVM exit reason {reason}"))
+        return True
+
+    def _int3_fixup(self) -> bool:
+        """Software-nested KVM (kvm_pvm) cannot emulate ``int3`` in guest kernel code (Linux's
+        int3 self-test at boot hits it; notes/kvm-on-these-machines.md). If the failed
+        instruction is the one-byte ``int3`` (0xCC), do what the CPU would: step over it and
+        deliver #BP (a trap: the saved rip points past the int3). True if that was done."""
+        if self._read_guest is None:
+            return False
+        try:
+            regs = self.vcpu.get_regs()
+            sregs = self.vcpu.get_sregs()
+            gpa = self.vcpu.translate(sregs.cs.base + regs.rip if not sregs.efer & EFER_LMA else regs.rip)
+            if gpa is None or self._read_guest(gpa, 1) != INT3:
+                return False
+            regs.rip += 1
+            self.vcpu.set_regs(regs)
+            self.vcpu.inject_exception(BP_VECTOR)
+        except (KvmError, VmmError):
+            return False
         return True
 
     def _internal_error_stop(self, suberror: int, data: tuple[int, ...]) -> Stop:

@@ -92,13 +92,24 @@ def _cmdline_bytes(cmdline: str, limit: int, who: str) -> bytes:
     return raw + b"\0"
 
 
+def with_options(cmdline: str, options: Sequence[str]) -> str:
+    """``cmdline`` plus each of ``options`` it does not already carry (compared by the part
+    before ``=``, so a user's own ``clearcpuid=...`` wins)."""
+    have = {word.split("=", 1)[0] for word in cmdline.split()}
+    extra = [o for o in options if o.split("=", 1)[0] not in have]
+    return " ".join([cmdline.strip(), *extra]).strip() if extra else cmdline
+
+
 def load_kernel(mem: GuestMemory, kernel_path: str, initrd_path: str | None, cmdline: str,
                 nr_vcpus: int, *, acpi_devices: Sequence[AcpiMmioDevice] = (),
-                i8042: bool = False) -> BootCpuState:
+                i8042: bool = False, linux_cmdline_extra: Sequence[str] = ()) -> BootCpuState:
     """Load kernel (+ initrd, cmdline) and firmware tables; return the boot vCPU's state.
 
     ``acpi_devices`` are virtio-mmio windows to list in the DSDT; ``i8042`` sets the FADT's
-    "8042 present" boot flag.
+    "8042 present" boot flag. ``linux_cmdline_extra`` (the host's workarounds,
+    ``hostcpu.linux_cmdline_workarounds``) is added to a Linux kernel's command line (bzImage or
+    vmlinux, never a PVH guest's: that may be anything). The returned state's ``cmdline`` is
+    what the kernel was given.
     """
     layout = [(r.guest_addr, r.size) for r in mem]
     if layout != ram_regions(mem.size):
@@ -114,10 +125,18 @@ def load_kernel(mem: GuestMemory, kernel_path: str, initrd_path: str | None, cmd
         except elf.ElfError as exc:
             raise BootError(f"kernel {kernel_path}: {exc}") from None
         if image.pvh_entry is not None:
-            return _load_pvh(mem, kernel_path, data, image, initrd_path, initrd, cmdline, rsdp)
-        return _load_vmlinux(mem, kernel_path, data, image, initrd_path, initrd, cmdline, rsdp)
+            state = _load_pvh(mem, kernel_path, data, image, initrd_path, initrd, cmdline, rsdp)
+            state.cmdline = cmdline
+            return state
+        cmdline = with_options(cmdline, linux_cmdline_extra)
+        state = _load_vmlinux(mem, kernel_path, data, image, initrd_path, initrd, cmdline, rsdp)
+        state.cmdline = cmdline
+        return state
     if bp.has_setup_header(data):
-        return _load_bzimage(mem, kernel_path, data, initrd_path, initrd, cmdline, rsdp)
+        cmdline = with_options(cmdline, linux_cmdline_extra)
+        state = _load_bzimage(mem, kernel_path, data, initrd_path, initrd, cmdline, rsdp)
+        state.cmdline = cmdline
+        return state
     raise BootError(f"kernel {kernel_path} is neither a bzImage (no 'HdrS' setup header) nor "
                     f"an ELF file")
 

@@ -60,6 +60,7 @@ class BootCpuState:
     ldt: Segment = field(default_factory=Segment)
     gdt: DescriptorTable = field(default_factory=DescriptorTable)
     idt: DescriptorTable = field(default_factory=DescriptorTable)
+    cmdline: str = ""  # not a register: the command line the loader actually gave the kernel
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ VMM adds :func:`linux_cmdline_workarounds` to a Linux guest's command line.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
+import os
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,8 @@ class HostCpu:
 
     @classmethod
     def read(cls, path: str = "/proc/cpuinfo") -> HostCpu:
-        return cls.parse(Path(path).read_text())
+        with open(path) as f:
+            return cls.parse(f.read())
 
     @property
     def has_vmx(self) -> bool:
@@ -58,7 +59,7 @@ class HostCpu:
 
 def host_is_software_nested(sys_module: str = "/sys/module") -> bool:
     """True when /dev/kvm is served by kvm_pvm (software-nested) rather than kvm_intel/kvm_amd."""
-    return Path(sys_module, "kvm_pvm").exists()
+    return os.path.exists(os.path.join(sys_module, "kvm_pvm"))  # os.path: pathlib costs start-up
 
 
 def linux_cmdline_workarounds(host_is_software_nested: bool) -> list[str]:
