@@ -88,11 +88,11 @@ class Tap:
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
                 if bridge:
                     try:
-                        bridx = _ifindex(s, bridge)
+                        _ifindex(s, bridge)
                     except OSError:
                         _create_bridge(bridge)
-                        bridx = _ifindex(s, bridge)
-                    fcntl.ioctl(s, SIOCBRADDIF, struct.pack(f"{IFNAMSIZ}si20x", self.name.encode(), bridx))
+                    # net/bridge/br_ioctl.c: ifr_name is the bridge, ifr_ifindex the new port
+                    fcntl.ioctl(s, SIOCBRADDIF, struct.pack(f"{IFNAMSIZ}si20x", bridge.encode(), _ifindex(s, self.name)))
                 flags = struct.unpack_from("H", fcntl.ioctl(s, SIOCGIFFLAGS, _ifreq(self.name)), IFNAMSIZ)[0]
                 fcntl.ioctl(s, SIOCSIFFLAGS, struct.pack(f"{IFNAMSIZ}sH22x", self.name.encode(), flags | IFF_UP))
         except OSError as exc:
