@@ -173,8 +173,8 @@ def test_reconcile_after_a_manager_restart(tmp_path: Path, agents: FakeAgents) -
     try:
         started = m2.monitor.poll_once()
         assert started["h1"].ok
-        wait_until(lambda: agents.vm_state(host, "r1") == "running")
-        assert ("r1", "start_vm") in m2.monitor.actions
+        wait_until(lambda: ("r1", "start_vm") in m2.monitor.actions)  # recorded after the call
+        assert agents.vm_state(host, "r1") == "running"
         assert agents.vm_state(vm(m2, "r2").host or "", "r2") == "defined"  # desired stopped
         m2.monitor.poll_once(reconcile=False)
         assert vm(m2, "r1").actual == "running"
