@@ -28,9 +28,11 @@ USAGE = (
     "usage: python -m vnix.vmm (--kernel FILE | --config FILE) [--initrd FILE] [--cmdline S]\n"
     "       [--memory SIZE] [--cpus N] [--debug-exit] [--flat] [--stats] [--stats-json PATH]\n"
     "       [--disk PATH[,format=raw|qcow2][,readonly=on]]... [--net tap[,name=T][,bridge=B][,mac=M]]...\n"
+    "       [--balloon SIZE] [--vsock cid=N,uds=PATH]\n"
 )
 _LIST_FLAGS = ("--disk", "--net")  # repeatable; added to the config's disks / nets (issue 3)
-_VALUE_FLAGS = ("--config", "--kernel", "--initrd", "--cmdline", "--memory", "--cpus", "--stats-json")
+_VALUE_FLAGS = ("--config", "--kernel", "--initrd", "--cmdline", "--memory", "--cpus", "--stats-json",
+                "--balloon", "--vsock")
 _BOOL_FLAGS = ("--debug-exit", "--flat", "--stats")
 
 
@@ -51,6 +53,8 @@ class Args:
         self.help = False
         self.disk: list[str] = []
         self.net: list[str] = []
+        self.balloon: str | None = None
+        self.vsock: str | None = None
 
 
 def parse_args(argv: Sequence[str]) -> Args:
@@ -119,6 +123,12 @@ def config_from_args(args: Args) -> MachineConfig:
 
         config.disks += [parse_disk(d) for d in args.disk]
         config.nets += [parse_net(n) for n in args.net]
+    if args.balloon is not None:
+        config.balloon_mib = parse_size_mib(args.balloon)
+    if args.vsock is not None:
+        from vnix.vmm.config import parse_vsock
+
+        config.vsock = parse_vsock(args.vsock)
     if not isinstance(config.memory_mib, int) or not isinstance(config.cpus, int):
         raise ConfigError("memory_mib and cpus must be whole numbers")
     config.validate()

@@ -64,6 +64,40 @@ class NetConfig:
             raise ConfigError(f"net mac {self.mac!r} is not a unicast MAC address")
 
 
+@dataclass
+class VsockConfig:
+    """virtio-vsock with Firecracker's Unix-socket host side (``--vsock cid=N,uds=PATH``)."""
+
+    cid: int
+    uds: str
+
+    def validate(self) -> None:
+        # virtio 1.2, 5.10.4: CIDs 0-2 are reserved (hypervisor, local, host); guest_cid is le64
+        # but the upper 32 bits are reserved (0)
+        if not 3 <= self.cid <= 0xFFFFFFFE:
+            raise ConfigError(f"vsock cid {self.cid} must be between 3 and 4294967294")
+        parent = os.path.dirname(os.path.abspath(self.uds))
+        if not os.path.isdir(parent):
+            raise ConfigError(f"vsock uds {self.uds}: directory {parent} does not exist")
+        if len(self.uds.encode()) > 100:  # sun_path is 108 bytes; guest ports add "_<port>"
+            raise ConfigError(f"vsock uds {self.uds} is too long for a Unix socket path")
+
+
+def parse_vsock(text: str) -> VsockConfig:
+    """``cid=N,uds=PATH`` (the ``--vsock`` flag)."""
+    opts: dict[str, str] = {}
+    for item in text.split(","):
+        key, eq, value = item.partition("=")
+        if not eq or key not in ("cid", "uds"):
+            raise ConfigError(f"--vsock {text!r}: expected cid=N,uds=PATH")
+        opts[key] = value
+    if set(opts) != {"cid", "uds"} or not opts["cid"].isdigit():
+        raise ConfigError(f"--vsock {text!r}: expected cid=N,uds=PATH")
+    vs = VsockConfig(int(opts["cid"]), opts["uds"])
+    vs.validate()
+    return vs
+
+
 _MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$", re.IGNORECASE)
 _IFNAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")  # IFNAMSIZ - 1
 
@@ -113,6 +147,8 @@ class MachineConfig:
     cpus: int = 1
     disks: list[DiskConfig] = field(default_factory=list)
     nets: list[NetConfig] = field(default_factory=list)
+    balloon_mib: int = 0  # the balloon's target at start-up (virtio-balloon is always present)
+    vsock: VsockConfig | None = None
     debug_exit: bool = False  # QEMU-compatible isa-debug-exit on port 0x501 (test guests)
     arch: str = "x86_64"  # the guest's instruction set: x86_64 or aarch64 (QEMU TCG only)
 
@@ -146,6 +182,10 @@ class MachineConfig:
                 raise ConfigError(f"disk {disk.path}: unknown format {disk.format!r}")
         for net in self.nets:
             net.validate()
+        if not isinstance(self.balloon_mib, int) or not 0 <= self.balloon_mib < self.memory_mib:
+            raise ConfigError(f"--balloon {self.balloon_mib}M must be below --memory {self.memory_mib}M")
+        if self.vsock is not None:
+            self.vsock.validate()
 
     # -- wire format ------------------------------------------------------------------------
     def to_json(self) -> str:
@@ -157,6 +197,8 @@ class MachineConfig:
             raw = json.loads(text)
             raw["disks"] = [DiskConfig(**d) for d in raw.get("disks", [])]
             raw["nets"] = [NetConfig(**n) for n in raw.get("nets", [])]
+            if raw.get("vsock") is not None:
+                raw["vsock"] = VsockConfig(**raw["vsock"])
             return cls(**raw)
         except (ValueError, TypeError, KeyError) as exc:
             raise ConfigError(f"bad machine configuration: {exc}") from None

@@ -33,6 +33,12 @@ class PciDevices:
         self.host, self.router = host, router
         self.functions: dict[str, VirtioPciDevice] = {}
 
+    def device(self, name: str) -> VirtioDevice | None:
+        """A device by name (``balloon``, ``vsock``, ``net0``, ``blk0``...): what the control API
+        of the VMM process calls (e.g. ``device("balloon").set_target(pages)``)."""
+        fn = self.functions.get(name)
+        return fn.device if fn is not None else None
+
     def close(self) -> None:
         for fn in self.functions.values():
             try:
@@ -57,6 +63,13 @@ def virtio_devices(config: MachineConfig) -> list[tuple[str, VirtioDevice]]:
             raise PciSetupError("virtio-net is not available in this build") from None
         out.append((f"net{i}", VirtioNet.from_config(net, i)))
     out.append(("rng", VirtioRng()))
+    from vnix.vmm.devices.virtio.balloon import VirtioBalloon
+
+    out.append(("balloon", VirtioBalloon(config.balloon_mib * 256)))  # 256 pages of 4 KiB a MiB
+    if config.vsock is not None:
+        from vnix.vmm.devices.virtio.vsock import VirtioVsock
+
+        out.append(("vsock", VirtioVsock(config.vsock.cid, config.vsock.uds)))
     return out
 
 
