@@ -12,7 +12,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Callable, Literal
 
 from vnix.testkit.report import GuestReport, parse_output
 from vnix.testkit.runner import TESTKIT_DIR, build, qemu_argv, vnix_argv
@@ -78,6 +78,8 @@ def argv_for(vmm: Vmm, name: str, *, disks: tuple[Disk, ...] = (), nics: tuple[N
     for i, n in enumerate(nics):  # no vhost here; romfile= keeps SeaBIOS from loading iPXE
         argv += ["-netdev", f"tap,id=n{i},ifname={n.tap},script=no,downscript=no",
                  "-device", f"virtio-net-pci,netdev=n{i},mac={n.mac},disable-legacy=on,romfile="]
+    if name == "virtio_balloon":  # vnix gives every VM a balloon; QEMU only when asked
+        argv += ["-device", "virtio-balloon-pci,disable-legacy=on,free-page-reporting=on"]
     if name == "virtio_rng":  # vnix gives every VM a virtio-rng; QEMU only when asked
         argv += ["-device", "virtio-rng-pci,disable-legacy=on"]
     return argv + list(extra)
@@ -93,6 +95,87 @@ def run(vmm: Vmm, name: str, *, timeout: float = 120, **kw: object) -> KitRun:
         status, out, err = None, exc.stdout or b"", exc.stderr or b""
     text = out.decode("utf-8", "replace")
     return KitRun(vmm, status, text, err.decode("utf-8", "replace"), parse_output(text), time.monotonic() - start)
+
+
+def qmp_balloon(path: str, memory_mib: int, target_mib: int, timeout: float = 10.0) -> None:
+    """QEMU's balloon target is the guest memory to keep: ask for ``memory - target`` MiB
+    (QMP ``balloon``, qapi/machine.json), so its num_pages equals vnix's ``--balloon``."""
+    import json
+    import socket
+
+    end = time.monotonic() + timeout
+    while True:
+        try:
+            s = socket.socket(socket.AF_UNIX)
+            s.connect(path)
+            break
+        except OSError:
+            s.close()
+            if time.monotonic() > end:
+                raise
+            time.sleep(0.05)
+    with s, s.makefile("rw") as f:
+        f.readline()  # greeting
+        for cmd in ({"execute": "qmp_capabilities"},
+                    {"execute": "balloon", "arguments": {"value": (memory_mib - target_mib) << 20}}):
+            f.write(json.dumps(cmd) + "\n")
+            f.flush()
+            while True:
+                reply = json.loads(f.readline())
+                if "return" in reply or "error" in reply:
+                    break
+            if "error" in reply:
+                raise RuntimeError(f"QMP {cmd['execute']}: {reply['error']}")
+
+
+def run_interactive(vmm: Vmm, name: str, on_line: Callable[[str, subprocess.Popen[bytes]], None], *,
+                    timeout: float = 120, balloon_mib: int = 0, memory_mib: int = 64, **kw: object) -> KitRun:
+    """Run a guest that waits for the host between steps: ``on_line(line, process)`` sees each
+    serial line as it comes (and may measure the process or write to its stdin).
+    ``balloon_mib``: the balloon target, set at start-up for vnix and over QMP for QEMU."""
+    import os
+    import tempfile
+    import threading
+
+    extra = tuple(kw.pop("extra", ()))  # type: ignore[arg-type]
+    qmp = None
+    if balloon_mib and vmm == "vnix":
+        extra += ("--balloon", f"{balloon_mib}M")
+    elif balloon_mib:
+        qmp = os.path.join(tempfile.mkdtemp(prefix="vnix-qmp-"), "qmp.sock")
+        extra += ("-qmp", f"unix:{qmp},server=on,wait=off")
+    argv = argv_for(vmm, name, memory_mib=memory_mib, extra=extra, **kw)  # type: ignore[arg-type]
+    start = time.monotonic()
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    killer = threading.Timer(timeout, proc.kill)
+    killer.start()
+    err: list[bytes] = []
+    drain = threading.Thread(target=lambda: err.append(proc.stderr.read() if proc.stderr else b""), daemon=True)
+    drain.start()
+    lines: list[str] = []
+    try:
+        if qmp:
+            qmp_balloon(qmp, memory_mib, balloon_mib)
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            line = raw.decode("utf-8", "replace")
+            lines.append(line)
+            on_line(line.rstrip("\r\n"), proc)
+        status = proc.wait()
+    finally:
+        killer.cancel()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        drain.join(5)
+        if qmp:
+            import shutil
+
+            shutil.rmtree(os.path.dirname(qmp), ignore_errors=True)
+    timed_out = status < 0
+    text = "".join(lines)
+    return KitRun(vmm, None if timed_out else status, text, b"".join(err).decode("utf-8", "replace"),
+                  parse_output(text), time.monotonic() - start)
 
 
 if __name__ == "__main__":  # python -m vnix.vmm.devices.virtio.kit vnix|qemu GUEST DISK
