@@ -36,7 +36,7 @@ class FdWatch(Protocol):
 
     def remove(self, fd: int) -> None: ...
 
-    def interest(self, fd: int, readable: bool) -> None: ...
+    def interest(self, fd: int, readable: bool, writable: bool = False) -> None: ...
 
 
 class _NoWatch:
@@ -51,7 +51,7 @@ class _NoWatch:
     def remove(self, fd: int) -> None:
         self.handlers.pop(fd, None)
 
-    def interest(self, fd: int, readable: bool) -> None:
+    def interest(self, fd: int, readable: bool, writable: bool = False) -> None:
         pass
 
 

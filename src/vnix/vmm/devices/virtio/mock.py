@@ -198,25 +198,31 @@ class ManualWatch:
     def __init__(self) -> None:
         self.handlers: dict[int, Callable[[], None]] = {}
         self.paused: set[int] = set()
+        self.want_write: set[int] = set()
 
     def add(self, fd: int, handler: Callable[[], None]) -> None:
         self.handlers[fd] = handler
         self.paused.discard(fd)
+        self.want_write.discard(fd)
 
     def remove(self, fd: int) -> None:
         self.handlers.pop(fd, None)
         self.paused.discard(fd)
+        self.want_write.discard(fd)
 
-    def interest(self, fd: int, readable: bool) -> None:
+    def interest(self, fd: int, readable: bool, writable: bool = False) -> None:
         if fd in self.handlers:
             (self.paused.discard if readable else self.paused.add)(fd)
+            (self.want_write.add if writable else self.want_write.discard)(fd)
 
     def poll(self, timeout: float = 0.0) -> int:
-        """One round: call the handler of every readable, wanted fd; return how many ran."""
+        """One round: call the handler of every ready, wanted fd; return how many ran."""
         fds = [fd for fd in self.handlers if fd not in self.paused]
-        if not fds:
+        wfds = [fd for fd in self.want_write if fd in self.handlers]
+        if not fds and not wfds:
             return 0
-        ready, _, _ = select.select(fds, [], [], timeout)
+        r, w, _ = select.select(fds, wfds, [], timeout)
+        ready = list(dict.fromkeys(r + w))
         for fd in ready:
             handler = self.handlers.get(fd)
             if handler is not None:

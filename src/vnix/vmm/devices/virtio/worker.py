@@ -46,11 +46,11 @@ class Worker:
             except (OSError, ValueError):
                 pass
 
-    def interest(self, fd: int, readable: bool) -> None:
-        """Pause (False) or resume (True) wake-ups for a registered fd without dropping it."""
+    def interest(self, fd: int, readable: bool, writable: bool = False) -> None:
+        """Which events of a registered fd wake the thread (none: paused, still registered)."""
         if fd in self._handlers:
             try:
-                self._epoll.modify(fd, select.EPOLLIN if readable else 0)
+                self._epoll.modify(fd, (select.EPOLLIN if readable else 0) | (select.EPOLLOUT if writable else 0))
             except (OSError, ValueError):
                 pass
 

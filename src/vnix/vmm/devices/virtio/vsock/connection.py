@@ -1,0 +1,81 @@
+"""One vsock stream between a guest port and a host Unix-socket stream (Firecracker's design).
+
+States::
+
+    HANDSHAKE  the host connected to the VM's socket and has not finished "CONNECT <port>\\n"
+    CONNECTING the device sent REQUEST to the guest and waits for RESPONSE (or RST)
+    OPEN       data flows both ways (RW), within credit
+    CLOSING    the device sent SHUTDOWN to the guest after host EOF; waits for its RST
+
+Host -> guest data is read from the socket only while the guest has credit for it and no earlier
+chunk of this connection is still waiting for an rx buffer, so the device never buffers more than
+one chunk a connection. Guest -> host data the socket cannot take at once is kept (at most our
+``buf_alloc``, which the guest's credit guarantees) and flushed when the socket is writable;
+``fwd_cnt`` counts what reached the socket.
+"""
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+
+BUF_ALLOC = 256 * 1024  # our receive buffer per connection, as announced to the guest
+CREDIT_UPDATE_EVERY = 64 * 1024  # announce fwd_cnt after this many bytes were forwarded
+RX_CHUNK = 64 * 1024  # host bytes read at once (split over rx buffers as needed)
+
+HANDSHAKE, CONNECTING, OPEN, CLOSING = "handshake", "connecting", "open", "closing"
+
+
+@dataclass(eq=False)
+class Connection:
+    sock: socket.socket
+    local_port: int  # the host side's port (the guest sees it as src/dst port at CID 2)
+    peer_port: int  # the guest's port
+    state: str
+    handshake: bytearray = field(default_factory=bytearray)  # "CONNECT <port>\n" so far
+    peer_buf_alloc: int = 0
+    peer_fwd_cnt: int = 0
+    tx_cnt: int = 0  # bytes sent to the guest
+    fwd_cnt: int = 0  # guest bytes written to the host socket
+    fwd_cnt_sent: int = 0  # the fwd_cnt last announced to the guest
+    pending: bytearray = field(default_factory=bytearray)  # guest bytes the socket has not taken
+    rx_queued: bool = False  # a chunk of ours waits in the device's rx queue
+    host_eof: bool = False
+    shut_write: bool = False  # the guest will send no more (SHUTDOWN SEND): EOF passed on
+
+    @property
+    def fd(self) -> int:
+        return self.sock.fileno()
+
+    @property
+    def credit(self) -> int:
+        """Bytes the guest can take now (5.10.6.3)."""
+        return max(0, self.peer_buf_alloc - (self.tx_cnt - self.peer_fwd_cnt))
+
+    def update_credit(self, buf_alloc: int, fwd_cnt: int) -> None:
+        self.peer_buf_alloc, self.peer_fwd_cnt = buf_alloc, fwd_cnt
+
+    def flush(self) -> int:
+        """Write what the socket takes of ``pending``; return the bytes written."""
+        done = 0
+        while self.pending:
+            try:
+                n = self.sock.send(self.pending)
+            except (BlockingIOError, InterruptedError):
+                break
+            del self.pending[:n]
+            done += n
+        self.fwd_cnt += done
+        return done
+
+    def wants_credit_update(self) -> bool:
+        return self.fwd_cnt - self.fwd_cnt_sent >= CREDIT_UPDATE_EVERY
+
+    def wants_read(self) -> bool:
+        return self.state in (HANDSHAKE, OPEN) and not self.host_eof and not self.rx_queued and (
+            self.state == HANDSHAKE or self.credit > 0)
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
