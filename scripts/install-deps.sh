@@ -2,7 +2,9 @@
 # Installs the Debian packages vnix and its tests need, only those missing. Idempotent.
 set -euo pipefail
 pkgs=(qemu-system-x86 qemu-system-arm qemu-utils busybox-static e2fsprogs cpio gcc make
-      iproute2 dnsmasq-base python3-venv acpica-tools postgresql)
+      iproute2 dnsmasq-base python3-venv acpica-tools postgresql chromium)
+# npm installs the dashboard's front-end libraries (make web); Debian's if none is there yet
+command -v npm >/dev/null 2>&1 || pkgs+=(nodejs npm)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

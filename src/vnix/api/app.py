@@ -5,8 +5,8 @@ on startup and stops it on shutdown unless ``own_manager=False``. The OpenAPI sc
 /api/openapi.json, the interactive docs at /api/docs. Errors are JSON
 ``{"error": "...", "kind": "..."}``: 400/422 bad input, 401 no token, 403 role or quota,
 404 unknown names, 409 wrong state or no capacity, 502 an agent failed — never a 500 for
-anything a user sends. The dashboard (issue 7) adds its pages to the same app:
-``app.include_router(...)`` with the dependencies of :mod:`vnix.api.deps`.
+anything a user sends. The dashboard (:mod:`vnix.web`) adds its pages, /static and /metrics
+to the same app; the console proxy (:mod:`vnix.api.consoles`) its WebSockets under /api/v1.
 """
 from __future__ import annotations
 
@@ -14,13 +14,14 @@ import logging
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import JSONResponse
 
-from vnix.api import clusters, routes_admin, routes_jobs, routes_vms
+from vnix.api import clusters, consoles, routes_admin, routes_jobs, routes_vms
 from vnix.api.models import ErrorOut
 from vnix.cluster.errors import Unauthorized, http_status
 from vnix.cluster.manager import Manager
 from vnix.errors import VnixError
+from vnix.web import mount_web
 
 log = logging.getLogger(__name__)
 API_PREFIX = "/api/v1"
@@ -60,28 +61,12 @@ def create_api(manager: Manager, own_manager: bool = True) -> FastAPI:
     api.include_router(routes_jobs.router)
     api.include_router(clusters.router)  # virtual clusters (XML) and saved profiles
     api.include_router(clusters.profiles_router)
+    api.include_router(consoles.router)  # console and VNC WebSockets, proxied to the agents
     app.include_router(api)
-
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    def landing() -> str:
-        return _LANDING.format(version=__version__)
+    mount_web(app)  # the dashboard (/, /login, ...), /static and /metrics
 
     if own_manager:
         app.router.on_startup.append(lambda: manager.started or manager.start())
         app.router.on_shutdown.append(manager.stop)
     return app
 
-
-_LANDING = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>vnix</title></head>
-<body style="font-family: sans-serif; max-width: 40em; margin: 3em auto">
-<h1>vnix {version}</h1>
-<p>The manager is running. The dashboard will live here.</p>
-<ul>
-<li>REST API: <a href="/api/v1/health">/api/v1</a>
- (<a href="/api/docs">interactive docs</a>, <a href="/api/openapi.json">OpenAPI schema</a>)</li>
-<li>Command line: <code>vnix login</code>, then <code>vnix vm list</code>,
- <code>vnix node list</code>, <code>vnix job list</code></li>
-</ul>
-</body></html>
-"""

@@ -112,8 +112,7 @@ class Monitor:
             for p in polls.values():
                 self._record(s, p, started)
             self._polls += 1
-            if self._polls % 60 == 1:
-                metrics.prune(s, timedelta(seconds=self.manager.config.metrics_retention_s))
+            metrics.maintain(s, timedelta(seconds=self.manager.config.metrics_retention_s))
         if reconcile:
             self.reconcile()
         return polls
