@@ -4,8 +4,10 @@
 Runs interleaved (vnix, QEMU, vnix, QEMU, ...; the order flips every round so that neither always
 runs second), ``--runs`` of each (default 7), and reports medians:
 
-* ``vnix_first_instr_ms``: process spawn -> the boot vCPU's first KVM_RUN (from the VMM's
-  ``--stats-json`` marks; QEMU has no such hook, so there is no QEMU figure for it);
+* ``vnix_first_instr_ms``: process spawn -> the boot vCPU's first KVM_RUN (the VMM's own
+  ``--stats-json`` mark on CLOCK_MONOTONIC, against the spawn time on the same clock; QEMU has
+  no such hook, so there is no QEMU figure for it). The VMM is started with the command every
+  launcher uses (``vnix.vmm.launch.vmm_argv``);
 * ``vnix_ready_ms`` / ``qemu_ready_ms``: process spawn -> the guest's ``ready:`` line on the serial
   port (the ``boot`` guest);
 * ``vnix_exit_us`` / ``qemu_exit_us``: one port-I/O exit round trip (guest ``out`` to an unassigned
@@ -60,12 +62,14 @@ def first_instruction_ms(memory_mib: int) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         stats = os.path.join(tmp, "stats.json")
         argv = vnix_argv(guest_path("boot"), memory_mib=memory_mib) + ["--stats-json", stats]
-        spawn = time.time()
+        spawn = time.monotonic()
         subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                        stderr=subprocess.DEVNULL, timeout=60, check=False)
         with open(stats) as f:
             d = json.load(f)
-    return (d["started_at_unix"] + d["timings_ms"]["first_kvm_run"] / 1000 - spawn) * 1000
+    # The VMM's marks are CLOCK_MONOTONIC ms after its own t0 (system-wide clock, same as ours):
+    # no wall-clock arithmetic, so an NTP step during a run cannot skew the figure.
+    return (d["t0_monotonic"] + d["timings_ms"]["first_kvm_run"] / 1000 - spawn) * 1000
 
 
 def ready_ms(vmm: str, memory_mib: int) -> float:

@@ -112,6 +112,7 @@ class Stats:
             "exit_status": self.exit_status,
             "exit_reason": self.exit_reason,
             "started_at_unix": self.started_at,
+            "t0_monotonic": self.t0,  # CLOCK_MONOTONIC is system-wide: a parent can subtract its own
             "python_startup_ms": self.python_startup_ms,
             "timings_ms": dict(self.marks),
             "exits": dict(total.by_reason),
