@@ -323,3 +323,26 @@ def test_a_users_own_option_wins_over_a_workaround() -> None:
     assert with_options("clearcpuid=popcnt", WORKAROUNDS) == "clearcpuid=popcnt noxsave nosmap"
     assert with_options("", []) == ""
     assert with_options("a b", []) == "a b"
+
+
+def test_bzimage_payload_unpacked_on_the_host_loads_the_vmlinux_inside(tmp_path: Path, mem: GuestMemory) -> None:
+    import lzma
+
+    code = b"\x90" * 4096
+    vmlinux = make_elf([(0x1000000, code, 0x3000)], 0x1000000, elf64=True)
+    packed = lzma.compress(vmlinux, format=lzma.FORMAT_XZ) + len(vmlinux).to_bytes(4, "little")
+    image = bytearray(make_bzimage(b"\xeb\xfe" * 64 + packed))  # a stub "decompressor", then the payload
+    struct.pack_into("<II", image, 0x248, 128, len(packed))  # payload_offset, payload_length
+    kernel = _write(tmp_path, "bzImage", bytes(image))
+    initrd = _write(tmp_path, "initrd", b"i" * 5000)
+
+    state = load_kernel(mem, kernel, initrd, "console=ttyS0", 1, unpack_on_host=True)
+    assert state.rip == 0x1000000 and state.rsi == L.ZERO_PAGE_ADDR  # vmlinux's startup_64, boot_params
+    assert mem.read(0x1000000, len(code)) == code and mem.read(0x1000000 + len(code), 0x2000) == bytes(0x2000)
+    zp = _zero_page(mem)
+    assert zp.get("<I", bp.HEADER) == bp.HDRS_MAGIC  # the bzImage's own setup header
+    assert _cstring(mem, L.CMDLINE_ADDR) == "console=ttyS0"
+
+    # without unpack_on_host the kernel's own code goes to 1 MiB and runs its decompressor
+    state = load_kernel(mem, kernel, initrd, "console=ttyS0", 1)
+    assert state.rip == 0x100200

@@ -69,8 +69,12 @@ def linux_loader(mem: GuestMemory, kernel_path: str, initrd_path: str | None, cm
     from vnix.vmm.arch.x86.boot import load_kernel
     from vnix.vmm.arch.x86.hostcpu import host_is_software_nested, linux_cmdline_workarounds
 
-    extra = linux_cmdline_workarounds(host_is_software_nested())
-    state = load_kernel(mem, kernel_path, initrd_path, cmdline, nr_vcpus, i8042=True, linux_cmdline_extra=extra)
+    nested = host_is_software_nested()
+    extra = linux_cmdline_workarounds(nested)
+    # Where guest kernel code is emulated, the kernel's own decompressor would take hours:
+    # unpack a bzImage's payload here and load the vmlinux inside instead.
+    state = load_kernel(mem, kernel_path, initrd_path, cmdline, nr_vcpus, i8042=True, linux_cmdline_extra=extra,
+                        unpack_on_host=nested)
     if state.cmdline != cmdline:
         added = state.cmdline[len(cmdline):].strip() if state.cmdline.startswith(cmdline.strip()) else state.cmdline
         print(f"vnix-vmm: software-nested KVM (kvm_pvm): added '{added}' to the Linux command line", file=sys.stderr,

@@ -7,7 +7,9 @@ Three kinds of kernel, told apart by their first bytes:
    protected-mode part goes to 1 MiB, boot_params is filled from the kernel's own setup
    header, and the vCPU starts in long mode at 1 MiB + 0x200 with rsi = boot_params
    ("64-bit BOOT PROTOCOL": identity-mapped paging, __BOOT_CS 0x10, __BOOT_DS 0x18,
-   interrupts off).
+   interrupts off). With ``unpack_on_host`` (software-nested hosts, where the guest's own
+   decompressor would be emulated for hours) the payload (0x248/0x24c; xz or gzip) is
+   decompressed here and the vmlinux inside is loaded as in 3., with the bzImage's header.
 2. **ELF with a Xen PVH note** (XEN_ELFNOTE_PHYS32_ENTRY): PT_LOAD segments at their physical
    addresses, hvm_start_info in ebx, 32-bit protected mode, paging off, flat 4 GiB CS/DS
    (xen docs/misc/pvh.pandoc) — what QEMU ``-M microvm -kernel guest.elf`` does.
@@ -102,14 +104,17 @@ def with_options(cmdline: str, options: Sequence[str]) -> str:
 
 def load_kernel(mem: GuestMemory, kernel_path: str, initrd_path: str | None, cmdline: str,
                 nr_vcpus: int, *, acpi_devices: Sequence[AcpiMmioDevice] = (),
-                i8042: bool = False, linux_cmdline_extra: Sequence[str] = ()) -> BootCpuState:
+                i8042: bool = False, linux_cmdline_extra: Sequence[str] = (),
+                unpack_on_host: bool = False) -> BootCpuState:
     """Load kernel (+ initrd, cmdline) and firmware tables; return the boot vCPU's state.
 
     ``acpi_devices`` are virtio-mmio windows to list in the DSDT; ``i8042`` sets the FADT's
     "8042 present" boot flag. ``linux_cmdline_extra`` (the host's workarounds,
     ``hostcpu.linux_cmdline_workarounds``) is added to a Linux kernel's command line (bzImage or
     vmlinux, never a PVH guest's: that may be anything). The returned state's ``cmdline`` is
-    what the kernel was given.
+    what the kernel was given. ``unpack_on_host``: decompress a bzImage's payload (xz or gzip)
+    here and load the vmlinux inside by its ELF segments, instead of running the kernel's own
+    decompressor in the guest (which a host that emulates guest kernel code runs for hours).
     """
     layout = [(r.guest_addr, r.size) for r in mem]
     if layout != ram_regions(mem.size):
@@ -134,7 +139,8 @@ def load_kernel(mem: GuestMemory, kernel_path: str, initrd_path: str | None, cmd
         return state
     if bp.has_setup_header(data):
         cmdline = with_options(cmdline, linux_cmdline_extra)
-        state = _load_bzimage(mem, kernel_path, data, initrd_path, initrd, cmdline, rsdp)
+        state = _load_bzimage(mem, kernel_path, data, initrd_path, initrd, cmdline, rsdp,
+                              unpack_on_host=unpack_on_host)
         state.cmdline = cmdline
         return state
     raise BootError(f"kernel {kernel_path} is neither a bzImage (no 'HdrS' setup header) nor "
@@ -144,7 +150,8 @@ def load_kernel(mem: GuestMemory, kernel_path: str, initrd_path: str | None, cmd
 # -- bzImage ----------------------------------------------------------------------------------
 
 def _load_bzimage(mem: GuestMemory, path: str, data: bytes, initrd_path: str | None,
-                  initrd: bytes | None, cmdline: str, rsdp: int) -> BootCpuState:
+                  initrd: bytes | None, cmdline: str, rsdp: int, *,
+                  unpack_on_host: bool = False) -> BootCpuState:
     if len(data) < MIN_BZIMAGE_SIZE:
         raise BootError(f"kernel {path} is truncated: {len(data)} bytes, shorter than a setup "
                         f"header")
@@ -164,6 +171,16 @@ def _load_bzimage(mem: GuestMemory, path: str, data: bytes, initrd_path: str | N
     if hdr.syssize * 16 > len(payload) + 15:
         raise BootError(f"kernel {path} is truncated: its header says {hdr.syssize * 16} bytes "
                         f"of 32/64-bit code, the file has {len(payload)}")
+    vmlinux = unpack_payload(data, hdr.setup_size) if unpack_on_host else None
+    if vmlinux is not None:
+        try:
+            image = elf.parse(vmlinux)
+        except elf.ElfError as exc:
+            raise BootError(f"kernel {path}: the vmlinux in its payload: {exc}") from None
+        params = bp.BootParams.from_kernel(data, hdr)
+        params.set_loader(cmdline_addr=CMDLINE_ADDR, heap=True)
+        return _load_vmlinux(mem, path, vmlinux, image, initrd_path, initrd, cmdline, rsdp,
+                             params=params, cmdline_limit=min(hdr.cmdline_size, CMDLINE_MAX_SIZE - 1))
     # The decompressor (arch/x86/boot/compressed/head_64.S) unpacks at the load address
     # rounded up to kernel_alignment but never below LOAD_PHYSICAL_ADDR (= pref_address), and
     # needs init_size bytes there: that whole range must be RAM and stay clear of the initrd.
@@ -203,6 +220,32 @@ def _place_initrd(mem: GuestMemory, path: str, initrd: bytes, addr_max: int,
                         f"from RAM size and initrd_addr_max {addr_max:#x})")
     mem.write(addr, initrd)
     return addr
+
+
+def unpack_payload(data: bytes, setup_size: int) -> bytes | None:
+    """The vmlinux ELF inside a bzImage (boot.rst: ``payload_offset`` at 0x248 and
+    ``payload_length`` at 0x24c, relative to the protected-mode code), decompressed on the host:
+    xz (what Debian uses; the kernel's xz carries the x86 BCJ filter, which liblzma knows) or
+    gzip. None for another format (zstd, lz4, ...) or a payload that does not unpack."""
+    if len(data) < 0x250:
+        return None
+    offset, length = int.from_bytes(data[0x248:0x24C], "little"), int.from_bytes(data[0x24C:0x250], "little")
+    payload = data[setup_size + offset : setup_size + offset + length]
+    if len(payload) != length or length == 0:
+        return None
+    try:
+        if payload.startswith(b"\xfd7zXZ\x00"):
+            import lzma
+
+            # The kernel appends the uncompressed size (4 bytes) after the xz stream.
+            return lzma.LZMADecompressor(lzma.FORMAT_XZ).decompress(payload)
+        if payload.startswith(b"\x1f\x8b"):
+            import zlib
+
+            return zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(payload)
+    except (ValueError, EOFError, OSError):  # lzma.LZMAError and zlib.error are both these
+        return None
+    return None
 
 
 # -- ELF kernels ------------------------------------------------------------------------------
@@ -271,16 +314,20 @@ def _load_pvh(mem: GuestMemory, path: str, data: bytes, image: elf.ElfImage,
 
 def _load_vmlinux(mem: GuestMemory, path: str, data: bytes, image: elf.ElfImage,
                   initrd_path: str | None, initrd: bytes | None, cmdline: str,
-                  rsdp: int) -> BootCpuState:
+                  rsdp: int, *, params: bp.BootParams | None = None,
+                  cmdline_limit: int = LINUX_COMMAND_LINE_SIZE - 1) -> BootCpuState:
+    """A 64-bit vmlinux by its segments, entered at e_entry with boot_params; ``params`` is
+    the bzImage's own header when the vmlinux came out of one, else a synthetic one."""
     if not image.is_64bit or image.machine != elf.EM_X86_64:
         raise BootError(f"kernel {path} is a 32-bit ELF without a PVH entry note "
                         f"(XEN_ELFNOTE_PHYS32_ENTRY); vnix cannot start it")
     entry = _entry_paddr(path, image, image.entry)
     kernel_end = _load_segments(mem, path, data, image)
-    mem.write(CMDLINE_ADDR, _cmdline_bytes(cmdline, LINUX_COMMAND_LINE_SIZE - 1,
-                                           f"kernel {path} (Linux's COMMAND_LINE_SIZE)"))
-    params = bp.BootParams.synthetic(LINUX_COMMAND_LINE_SIZE - 1)
-    params.set_loader(cmdline_addr=CMDLINE_ADDR, heap=False)
+    mem.write(CMDLINE_ADDR, _cmdline_bytes(cmdline, cmdline_limit,
+                                           f"kernel {path} (its command-line limit)"))
+    if params is None:
+        params = bp.BootParams.synthetic(LINUX_COMMAND_LINE_SIZE - 1)
+        params.set_loader(cmdline_addr=CMDLINE_ADDR, heap=False)
     if initrd is not None:
         addr = _place_initrd(mem, initrd_path or "", initrd, bp.X86_64_INITRD_ADDR_MAX,
                              kernel_end)
