@@ -247,3 +247,24 @@ def test_profiles_owned_and_protected_while_used(manager: Manager) -> None:
     run(manager, DeleteProfile(name="p1"))
     with pytest.raises(NotFound):
         manager.submit(DeleteProfile(name="p1"), BOB)
+
+
+def test_a_cancelled_queued_deploy_or_scale_leaves_nothing_behind(tmp_path: Path,
+                                                                  agents: FakeAgents) -> None:
+    m = fake_manager(tmp_path, agents, ManagerConfig(monitor=False))
+    m.start()
+    m.submit(CreateUser(name="bob", password="bob-password", role="user"), ADMIN)
+    run(m, CreateCluster(xml=LAB, name="keep"))
+    m.runner.stop()  # no workers: the next jobs stay queued
+    job_id = m.submit(CreateCluster(xml=LAB), BOB)
+    scale_id = m.submit(ScaleGroup(cluster="keep", group="head", count=3), BOB)
+    assert len(vms(m, "lab")) == 4 and len(vms(m, "keep")) == 6  # recorded by check
+    assert m.runner.cancel(job_id) == "cancelled"
+    assert m.runner.cancel(scale_id) == "cancelled"
+    assert vms(m, "lab") == {} and sorted(vms(m, "keep")) == [
+        "keep-head-0", "keep-work-0", "keep-work-1", "keep-work-2"]
+    with m.store.session() as s:
+        assert s.get(Cluster, "lab") is None
+        keep = s.get(Cluster, "keep")
+        assert keep is not None and parse_cluster(keep.xml).group("head").count == 1
+    m.stop()

@@ -47,6 +47,13 @@ def _owner(s: Session, actor: Actor, owner: str | None) -> str:
     return owner
 
 
+def _forget_nodes(s: Session, names: list[str]) -> None:
+    for name in names:
+        vm = s.get(Vm, name)
+        if vm is not None and vm.actual == "creating":
+            s.delete(vm)
+
+
 def _create_nodes(ctx: JobContext, cluster: str, names: list[str], parallel: int) -> dict[str, str]:
     """Create the recorded nodes ``names`` in parallel; raises one error naming all failures."""
     deploy.name_nodes(ctx.manager, names, ctx.log)
@@ -109,6 +116,17 @@ class CreateCluster(Operation):
     def adopt_node(self, ctx: OpContext, spec: ClusterSpec, group: str, name: str,
                    owner: str) -> bool:
         return False
+
+    def abandon(self, manager: Any) -> None:
+        """Cancelled before it ran: forget the nodes and the cluster that check recorded."""
+        with manager.store.session() as s:
+            _forget_nodes(s, self.nodes)
+            for vm in records.nodes(s, self.cluster):  # adopted VMs go back to no cluster
+                vm.cluster, vm.group = None, None
+            records.drop_vnis(s, self.cluster)
+            row = s.get(Cluster, self.cluster)
+            if row is not None:
+                s.delete(row)
 
     def run(self, ctx: JobContext) -> dict[str, Any] | None:
         t0 = time.monotonic()
@@ -277,6 +295,23 @@ class ScaleGroup(Operation):
                 self.removed.append(vm.name)
         group.count = self.count
         records.save_spec(s, row, spec)
+
+    def abandon(self, manager: Any) -> None:
+        """Cancelled before it ran: forget the added nodes, keep the removed ones, and put
+        the group's count back to the nodes it has."""
+        with manager.store.session() as s:
+            _forget_nodes(s, self.added)
+            for name in self.removed:
+                vm = s.get(Vm, name)
+                if vm is not None and vm.desired == "deleted":
+                    vm.desired = "running" if vm.actual != "stopped" else "stopped"
+            row = s.get(Cluster, self.cluster)
+            if row is not None:
+                spec = records.spec_of(row)
+                live = [v for v in records.nodes(s, self.cluster, self.group)
+                        if v.desired != "deleted"]
+                spec.group(self.group).count = len(live)
+                records.save_spec(s, row, spec)
 
     def run(self, ctx: JobContext) -> dict[str, Any] | None:
         with ctx.session() as s:
