@@ -79,6 +79,7 @@ function setupConsole(button) {
     window.vnixConsole = {term, ws};
   }
   button.addEventListener("click", () => { if (ws) ws.close(); connect(); });
+  button.disabled = false;
 }
 
 document.addEventListener("DOMContentLoaded", () => {
