@@ -8,6 +8,18 @@ serial console. Lines the guest prints (each on its own line, after the kernel's
     <the command's stdout and stderr>
     vnix-guest: end status=7                                        END_MARKER + status
 
+Before the ready line /init configures the network and the power button:
+
+* ``vnix.ip=ADDR/PREFIX[,gw=GW]`` (:func:`ip_param`): static address on eth0 (and a default
+  route through GW), lo up; ``vnix.dhcp=1``: busybox ``udhcpc`` on eth0 with a small script
+  (:data:`UDHCPC_SCRIPT`) that sets the address, the default route and /etc/resolv.conf.
+  Either way the guest then prints ``vnix-guest: eth0 198.19.80.10/24`` (ADDRESS_PREFIX).
+* busybox ``acpid`` listens on /dev/input/event* (the ``button`` and ``evdev`` modules: Debian
+  builds both as modules); the power button's event (``button/power PWRF 00000080``) runs
+  /etc/acpi/PWRF/00000080 (:data:`POWER_SCRIPT`): every process is asked to stop, the disks
+  are synced and remounted read-only, and the guest powers off. That is what QEMU's
+  ``system_powerdown`` (the agent's graceful stop) presses.
+
 The command travels as ``vnix.cmd=<base64 of a shell string>`` (:func:`encode_command`):
 base64 keeps spaces, quotes and newlines out of the kernel's own parsing of its command line
 (Documentation/admin-guide/kernel-parameters.rst: parameters are split on spaces, a dotted
@@ -29,6 +41,9 @@ BEGIN_MARKER = "vnix-guest: begin"
 END_MARKER = "vnix-guest: end status="
 CMD_PARAM = "vnix.cmd"
 HOSTNAME_PARAM = "vnix.hostname"
+IP_PARAM = "vnix.ip"
+DHCP_PARAM = "vnix.dhcp"
+ADDRESS_PREFIX = "vnix-guest: eth0 "
 COMMAND_LINE_SIZE = 2048  # arch/x86/include/asm/setup.h, arch/arm64/include/uapi/asm/setup.h
 
 _END_RE = re.compile(re.escape(END_MARKER) + r"(\d+)")
@@ -60,6 +75,27 @@ def decode_command(param: str) -> str:
     return base64.b64decode(token).decode()
 
 
+def ip_param(address: str, gateway: str | None = None) -> str:
+    """``198.19.80.10/24`` (+ gateway) -> ``vnix.ip=198.19.80.10/24,gw=198.19.80.1``."""
+    if "/" not in address or any(c in address for c in " ,="):
+        raise UsageError(f"vnix.ip needs ADDRESS/PREFIX, got {address!r}")
+    return f"{IP_PARAM}={address}" + (f",gw={gateway}" if gateway else "")
+
+
+def with_network(cmdline: str, address: str | None, gateway: str | None = None,
+                 dhcp: bool = False) -> str:
+    """``cmdline`` plus the network parameter for eth0 (static ``address`` or ``dhcp``),
+    unless it already carries one (the caller's choice wins)."""
+    words = cmdline.split()
+    if any(w.startswith((f"{IP_PARAM}=", f"{DHCP_PARAM}=")) for w in words):
+        return cmdline
+    if address:
+        return " ".join([*words, ip_param(address, gateway)])
+    if dhcp:
+        return " ".join([*words, f"{DHCP_PARAM}=1"])
+    return cmdline
+
+
 def check_cmdline(cmdline: str) -> None:
     if len(cmdline.encode()) >= COMMAND_LINE_SIZE:
         raise CommandTooLongError(
@@ -73,6 +109,36 @@ def parse_end_marker(line: str) -> int | None:
     m = _END_RE.search(line)
     return int(m.group(1)) if m else None
 
+
+# Run by udhcpc on its events ($1; the lease in $ip, $mask (prefix length), $router, $dns,
+# $domain), as busybox's examples/udhcp/simple.script does, with ip(8) instead of ifconfig.
+UDHCPC_SCRIPT = r"""#!/bin/sh
+case "$1" in
+deconfig)
+    ip -4 addr flush dev "$interface"; ip link set "$interface" up ;;
+bound|renew)
+    ip -4 addr flush dev "$interface"
+    ip addr add "$ip/${mask:-24}" dev "$interface"
+    if [ -n "$router" ]; then
+        while ip route del default dev "$interface" 2>/dev/null; do :; done
+        for r in $router; do ip route add default via "$r" dev "$interface"; break; done
+    fi
+    : > /etc/resolv.conf
+    [ -n "$domain" ] && echo "search $domain" >> /etc/resolv.conf
+    for d in $dns; do echo "nameserver $d" >> /etc/resolv.conf; done ;;
+esac
+exit 0
+"""
+
+# Run by acpid for the power button: stop everything else, sync, remount read-only, power off
+# (PID 1 is a shell that ignores poweroff's signal, so the script powers off itself).
+POWER_SCRIPT = r"""#!/bin/sh
+echo "vnix-guest: power button: powering off" > /dev/console
+kill -TERM -1 2>/dev/null; sleep 1; kill -KILL -1 2>/dev/null
+sync
+mount -o remount,ro / 2>/dev/null
+poweroff -f
+"""
 
 # The script is the same in the initramfs (/init) and on the root disk (/sbin/init). Stage 1
 # (PID 1 in the initramfs) mounts the kernel filesystems and loads the modules listed in
@@ -117,6 +183,24 @@ fi
 HOSTNAME=$(param vnix.hostname)
 hostname "${HOSTNAME:-vnix}"
 ip link set lo up 2>/dev/null
+mkdir -p /etc/acpi/PWRF /var/log
+cat > /etc/acpi/PWRF/00000080 <<'EOF_POWER'
+@POWER_SCRIPT@EOF_POWER
+cat > /etc/udhcpc.script <<'EOF_DHCP'
+@UDHCPC_SCRIPT@EOF_DHCP
+chmod 755 /etc/acpi/PWRF/00000080 /etc/udhcpc.script
+[ -e /dev/input/event0 ] || sleep 0.2
+acpid -c /etc/acpi -l /var/log/acpid.log 2>/dev/null
+NETIP=$(param vnix.ip)
+if [ -n "$NETIP" ]; then
+    ip link set eth0 up && ip addr add "${NETIP%%,*}" dev eth0
+    case "$NETIP" in *,gw=*) GW=${NETIP#*,gw=}; ip route add default via "${GW%%,*}";; esac
+elif [ "$(param vnix.dhcp)" = 1 ]; then
+    ip link set eth0 up && udhcpc -i eth0 -s /etc/udhcpc.script -t 5 -T 1 -b -x "hostname:$(hostname)" >/dev/null 2>&1
+fi
+if [ -n "$NETIP" ] || [ "$(param vnix.dhcp)" = 1 ]; then
+    echo "vnix-guest: eth0 $(ip -4 -o addr show dev eth0 | awk '{print $4; exit}')"
+fi
 MEM=$(awk '/^MemTotal:/ {print int($2/1024)}' /proc/meminfo)
 echo "vnix-guest: ready (kernel $(uname -r), $(nproc) cpus, $MEM MiB, root ${VNIX_ROOT:-initramfs})"
 
@@ -137,4 +221,4 @@ while true; do
     sync
     poweroff -f
 done
-"""
+""".replace("@POWER_SCRIPT@", POWER_SCRIPT).replace("@UDHCPC_SCRIPT@", UDHCPC_SCRIPT)

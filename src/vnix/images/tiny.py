@@ -49,9 +49,11 @@ TINY_CMDLINE = arches.X86_64.cmdline
 # What the devices of both drivers need (virtio-pci and virtio-mmio transports, block, net,
 # balloon, rng, vsock) and the root disk's file system. crc32c_generic: ext4's metadata
 # checksums (mkfs.ext4's default) need a crc32c implementation that loads on any CPU.
+# button + evdev: the ACPI power button as /dev/input/event* for busybox acpid (both are
+# modules in Debian's kernel; see guest_init.POWER_SCRIPT).
 MODULES = [
     "virtio_pci", "virtio_mmio", "virtio_blk", "virtio_net", "virtio_balloon", "virtio_rng",
-    "vsock", "vmw_vsock_virtio_transport", "crc32c_generic", "ext4",
+    "vsock", "vmw_vsock_virtio_transport", "crc32c_generic", "ext4", "button", "evdev",
 ]
 
 STEPS = ["resolve", "download", "unpack", "modules", "initramfs", "rootfs", "install"]

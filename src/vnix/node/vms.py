@@ -16,6 +16,7 @@ from vnix.errors import VnixError
 from vnix.hypervisor import Hypervisor, NoSuchVm, VmExists, get_driver
 from vnix.hypervisor.spec import DriverOptions, NicSpec, VmInfo, VmSpec
 from vnix.hypervisor.state import VmState
+from vnix.images.guest_init import with_network
 from vnix.node.errors import BadRequest, UnknownImage
 from vnix.node.images import ImageStore
 from vnix.node.models import CreateVm, DiskOut, NicOut, VmOut
@@ -96,6 +97,10 @@ class VmService:
                 nics.append(nic)
                 undo.append((f"remove TAP {nic.tap}", lambda n=nic: self.networks.detach(n)))
                 config.nets.append(NetConfig(kind="tap", name=nic.tap, mac=nic.mac))
+            if nics:  # the tiny guest's /init configures eth0 from vnix.ip= / vnix.dhcp=1
+                rec = self.networks.get(nics[0].network)
+                config.cmdline = with_network(config.cmdline, nics[0].ip, rec.gateway,
+                                              dhcp=rec.dhcp)
             spec = VmSpec(req.name, config, image=image.name, nics=nics,
                           options=DriverOptions(accel=req.accel, vnc=req.vnc))
             drv.define(spec)

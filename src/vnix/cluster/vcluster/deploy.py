@@ -44,6 +44,7 @@ from vnix.cluster.scheduler import HostLoad, Request, why_not
 from vnix.cluster.tables import Host, Setting, Vm
 from vnix.cluster.vcluster import records
 from vnix.cluster.vcluster.model import ClusterSpec, Group, Profile, node_name
+from vnix.images.guest_init import with_network
 from vnix.node import models as agent
 from vnix.node.overlay import OverlayOut, SetOverlay
 
@@ -123,8 +124,10 @@ def plan_nodes(ctx: OpContext, cluster: str, spec: ClusterSpec, group: Group,
 
 
 def name_nodes(manager: Manager, names: list[str], log_line: Callable[[str], None]) -> None:
-    """Give every node its name as the guest's hostname (``vnix.hostname=``), keeping the
-    image's own command line (which only its host's agent knows) unless a profile set one."""
+    """Give every node its name as the guest's hostname (``vnix.hostname=``) and its static
+    address on eth0 (``vnix.ip=ADDR/PREFIX,gw=GW``, the gateway being the network's bridge
+    on each host), keeping the image's own command line (which only its host's agent knows)
+    unless a profile set one. The tiny guest's /init reads both (vnix.images.guest_init)."""
     cache: dict[tuple[str, str], str] = {}
     for name in names:
         with manager.store.session() as s:
@@ -132,6 +135,7 @@ def name_nodes(manager: Manager, names: list[str], log_line: Callable[[str], Non
             if vm is None or vm.host is None:
                 continue
             host, image, base = vm.host, vm.image, vm.spec.get("cmdline")
+            ips = records.node_ips(vm)
         if base is None:
             if (host, image) not in cache:
                 try:
@@ -141,12 +145,18 @@ def name_nodes(manager: Manager, names: list[str], log_line: Callable[[str], Non
                     log_line(f"{name}: image {image} on {host}: {exc}")
                     continue
             base = cache[(host, image)]
-        if "vnix.hostname=" in base:
+        cmdline = base
+        if "vnix.hostname=" not in cmdline:
+            cmdline = f"{cmdline} vnix.hostname={name}".strip()
+        if ips:
+            iface = ipaddress.IPv4Interface(ips[0])
+            cmdline = with_network(cmdline, str(iface), str(iface.network.network_address + 1))
+        if cmdline == base:
             continue
         with manager.store.session() as s:
             vm = s.get(Vm, name)
             if vm is not None:
-                vm.spec = {**vm.spec, "cmdline": f"{base} vnix.hostname={name}".strip()}
+                vm.spec = {**vm.spec, "cmdline": cmdline}
 
 
 # -- networks --------------------------------------------------------------------------------
