@@ -49,6 +49,7 @@ def manager(
                                                  memory_ratio=memory_ratio),
                            monitor_interval_s=interval)
     mgr = Manager(store, config)
+    _say_leadership()
     password = mgr.ensure_admin()
     if password:
         print(f"first start: user admin, password {password} (shown once)", flush=True)
@@ -59,3 +60,15 @@ def manager(
     print(f"vnix manager on http://{host}:{port}/ (API /api/v1, database "
           f"{store.engine.url.render_as_string(hide_password=True)})", flush=True)
     uvicorn.run(create_api(mgr), host=host, port=port, log_level="warning")
+
+
+def _say_leadership() -> None:
+    """Print when this manager becomes leader or steps down (several on one PostgreSQL)."""
+    import logging
+    import sys
+
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("vnix manager: %(message)s"))
+    leader_log = logging.getLogger("vnix.cluster.leader")
+    leader_log.addHandler(handler)
+    leader_log.setLevel(logging.INFO)

@@ -85,12 +85,17 @@ class JobRunner:
             job = s.get(Job, job_id)
             if job is None or job.state != "queued":
                 return
+            # claimed by one atomic update (queued -> ...): with several managers on one
+            # database (vnix.cluster.leader) two runners may see the same queued job
+            claim = update(Job).where(Job.id == job_id, Job.state == "queued")
             if job.cancel_requested:
-                job.state, job.finished = "cancelled", utcnow()
+                claim = claim.values(state="cancelled", finished=utcnow())
                 abandon = dict(job.op)
             else:
                 abandon = None
-                job.state, job.started = "running", utcnow()
+                claim = claim.values(state="running", started=utcnow())
+            if s.execute(claim).rowcount != 1:
+                return
             op_data, owner = dict(job.op), job.owner
             user = s.get(User, owner)
             actor = Actor(owner, Role(user.role)) if user else SYSTEM

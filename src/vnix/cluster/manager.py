@@ -10,7 +10,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from pydantic import BaseModel, Field
@@ -33,6 +33,9 @@ from vnix.cluster.scheduler import HostLoad, Overcommit
 from vnix.cluster.store import Store
 from vnix.cluster.tables import Host, Image, Job, User, Vm
 
+if TYPE_CHECKING:
+    from vnix.cluster.leader import JobIntake, Leadership
+
 log = logging.getLogger(__name__)
 
 
@@ -43,6 +46,7 @@ class ManagerConfig(BaseModel):
     down_after: int = Field(2, ge=1, description="missed polls before a host is down")
     metrics_retention_s: int = Field(86400, ge=60)
     monitor: bool = True  # the collector + reconcile thread
+    elect: bool = True  # on PostgreSQL, run jobs and the monitor only while elected leader
 
 
 class Manager:
@@ -61,18 +65,48 @@ class Manager:
         self._guard = threading.Lock()
         self.started = False
         self._join_hash: str | None = None
+        self.leadership: Leadership | None = None  # set by start() on PostgreSQL
+        self.intake: JobIntake | None = None
 
     # -- life -----------------------------------------------------------------------------
     def start(self) -> None:
+        """Serve; run jobs and the monitor here, or (on PostgreSQL, ``config.elect``) only
+        while this manager is the elected leader (vnix.cluster.leader)."""
+        from vnix.cluster.leader import JobIntake, Leadership, elects
+
+        self.started = True
+        if self.config.elect and elects(self.store.url):
+            self.intake = JobIntake(self)
+            self.leadership = Leadership(self.store.url, self._lead, self._follow)
+            self.leadership.start()
+        else:
+            self._lead()
+
+    def _lead(self) -> None:
         self._orphaned_creations()
         self.runner.start()
         if self.config.monitor:
             self.monitor.start()
-        self.started = True
+        if self.intake is not None:
+            self.intake.start()
 
-    def stop(self) -> None:
+    def _follow(self) -> None:
+        """No longer the leader: stop the workers and the monitor, ready to lead again."""
+        from vnix.cluster.monitor import Monitor
+
+        if self.intake is not None:
+            self.intake.stop()
         self.monitor.stop()
         self.runner.stop()
+        self.monitor, self.runner = Monitor(self), JobRunner(self, self.config.workers)
+
+    def stop(self) -> None:
+        if self.leadership is not None:
+            self.leadership.stop()  # a leader steps down (_follow) before the lock goes
+            self.leadership = None
+        else:
+            self.monitor.stop()
+            self.runner.stop()
         for _, _, client in self._agents.values():
             client.close()
         self._agents.clear()
