@@ -7,6 +7,11 @@ into real guest memory, then the device is kicked. For every case:
   and is counted, never written);
 * the disk image keeps its size (and its bytes, when read-only).
 
+Every device is fuzzed: blk, rng, net (rx with frames waiting on a socket pair, and tx), balloon
+(inflate, deflate, stats, reporting; the pages it discards are the only other bytes that may
+change) and vsock (rx, tx, event; guest REQUESTs reach a real Unix socket), each on all of its
+queues with well-formed requests in its own format mixed into the hostile ones.
+
 ``VNIX_FUZZ_EXAMPLES`` sets the number of cases per device (CI default 10,000; the benchmark
 mode ``VNIX_FUZZ_EXAMPLES=100000`` runs more).
 """
@@ -34,7 +39,7 @@ from vnix.vmm.devices.virtio.device import VirtioDevice
 from vnix.vmm.devices.virtio.rng import VirtioRng
 from vnix.vmm.memory import GuestMemory
 
-from vnix.vmm.devices.virtio.mock import bring_up
+from vnix.vmm.devices.virtio.mock import MockDriver, bring_up
 
 EXAMPLES = int(os.environ.get("VNIX_FUZZ_EXAMPLES", "10000"))
 RAM = 0x10000
@@ -141,13 +146,24 @@ def wellformed_request(type_: int, sector: int, nsect: int) -> list[tuple[bytes 
     return [head, (1, True)]
 
 
-def run_case(mem: GuestMemory, device: VirtioDevice, c: dict) -> VirtioDevice:
+Builder = Callable[[int, int, int], list[tuple[bytes | int, bool]]]
+
+
+def run_case(mem: GuestMemory, device: VirtioDevice, c: dict, *, queue: int = 0,
+             build: Builder = None,  # type: ignore[assignment]
+             also_allowed: Callable[[], list[tuple[int, int]]] = lambda: [],
+             prime: Callable[[list[MockDriver]], None] = lambda drivers: None) -> VirtioDevice:
+    """One case on queue ``queue``; ``build`` makes the well-formed requests (default: blk's);
+    ``also_allowed`` names ranges the device may legitimately change besides writable buffers
+    (the balloon's discarded pages read as zeros)."""
+    build = build or wellformed_request
     mem.fill(0, RAM)
     mem.write(DATA, random.Random(c["seed"]).randbytes(RAM - DATA))
     features = device.device_features() & ~(0 if c["features_indirect"] else 1 << 28)
     ctl, drivers, _irq = bring_up(device, mem, features, queue_size=QSIZE, base=RINGS, arena=INDIRECT_AREA - RINGS)
-    drv = drivers[0]
-    assert drv.desc_table < INDIRECT_AREA
+    prime(drivers)  # e.g. give the device something to send on its rx queue
+    drv = drivers[queue]
+    assert all(d.desc_table < INDIRECT_AREA for d in drivers)
     main: list[tuple[int, int, int, int]] = []
     for i, d in enumerate(c["table"]):
         main.append(d)
@@ -162,17 +178,18 @@ def run_case(mem: GuestMemory, device: VirtioDevice, c: dict) -> VirtioDevice:
     extra: list[tuple[int, int]] = []
     drv.next_desc = len(c["heads"]) % QSIZE
     for type_, sector, nsect, indirect in c["wellformed"]:
-        _, bufs = drv.add_chain(wellformed_request(type_, sector, nsect), indirect=indirect)
+        _, bufs = drv.add_chain(build(type_, sector, nsect), indirect=indirect)
         extra += [(b.addr, b.addr + b.length) for b in bufs if b.writable]
     if c["avail_idx"] is not None:
         drv.set_avail_idx(c["avail_idx"])
-    used = (drv.used_ring, drv.used_ring + 6 + USED_ELEM_SIZE * QSIZE)
+    used = [(d.used_ring, d.used_ring + 6 + USED_ELEM_SIZE * QSIZE) for d in drivers]
     table = [struct.unpack("<QIHH", mem.read(drv.desc_table + DESC_SIZE * i, DESC_SIZE)) for i in range(QSIZE)]
-    allowed = _writable_ranges(table) + _writable_ranges(c["indirect"]) + extra + [used]
+    allowed = _writable_ranges(table) + _writable_ranges(c["indirect"]) + extra + used
     before = mem.read(0, RAM)
 
-    device.notify(0)  # must never raise
-    device.notify(0)
+    device.notify(queue)  # must never raise
+    device.notify(queue)
+    allowed += also_allowed()
 
     after = mem.read(0, RAM)
     if before != after:  # blank every allowed range in both copies: the rest must be equal
@@ -233,3 +250,152 @@ def test_fuzz_blk(mem: GuestMemory, tmp_path: Path, readonly: bool) -> None:
 
 
 Factory = Callable[[], VirtioDevice]
+
+
+# -- the other devices: every queue, requests in each device's own format ---------------------
+from vnix.vmm.devices.virtio.balloon import VirtioBalloon  # noqa: E402
+from vnix.vmm.devices.virtio.net import VirtioNet  # noqa: E402
+from vnix.vmm.devices.virtio.vsock import VirtioVsock  # noqa: E402
+from vnix.vmm.devices.virtio.vsock import packet as vp  # noqa: E402
+
+
+def net_request(kind: int, size: int, extra: int) -> list[tuple[bytes | int, bool]]:
+    """tx: header + frame (sometimes split); rx: writable buffers of various sizes."""
+    if kind & 1:
+        return [(bytes(12), False), (bytes([size & 0xFF]) * (14 + size * 10), False)]
+    return [(max(1, size * 12 + extra), True)] + ([(64, True)] if kind & 2 else [])
+
+
+def balloon_request(kind: int, first: int, count: int) -> list[tuple[bytes | int, bool]]:
+    """PFN arrays (inflate/deflate), stats entries, or writable free ranges."""
+    if kind & 1:
+        return [(struct.pack("<2HQ", 4, 0, first)[:10] * (count + 1), False)]
+    if kind & 2:
+        return [(64 * (count + 1), True)]
+    pfns = [(RAM // 4096 - 1 - first - i) % (RAM // 4096 + 4) for i in range(count * 8 + 1)]
+    return [(struct.pack(f"<{len(pfns)}I", *pfns), False)]
+
+
+def vsock_request(kind: int, port: int, n: int) -> list[tuple[bytes | int, bool]]:
+    """A packet from this guest (cid 3) with a fuzzed op, ports and payload; or an rx buffer."""
+    if kind & 1:
+        return [(vp.HDR_SIZE + 16 * n, True)]
+    op = (kind >> 1) % 8
+    data = bytes(n * 7)
+    pkt = vp.Packet(3, vp.HOST_CID, 1024 + port % 4, port, op, buf_alloc=4096, data=data)
+    return [(pkt.header(), False)] + ([(data, False)] if data else [])
+
+
+class FrameSource:
+    """A socket pair whose far end always has a few frames waiting (net rx has work)."""
+
+    def __init__(self) -> None:
+        import socket
+
+        a, self.peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        a.setblocking(False)
+        self.peer.setblocking(False)
+        self.sock, self.fd = a, a.fileno()
+
+    def refill(self, seed: int) -> None:
+        rnd = random.Random(seed)
+        for _ in range(3):
+            try:
+                self.peer.send(bytes(12) + rnd.randbytes(rnd.choice((1, 60, 700, 1514, 3000))))
+            except BlockingIOError:
+                break
+
+    def readv(self, buffers: list[bytearray]) -> int | None:
+        try:
+            return self.sock.recvmsg_into(buffers)[0]
+        except BlockingIOError:
+            return None
+
+    def writev(self, buffers: list) -> bool:
+        return True  # frames to the host vanish
+
+    def close(self) -> None:
+        self.sock.close()
+        self.peer.close()
+
+
+def test_fuzz_net(mem: GuestMemory) -> None:
+    backend = FrameSource()
+    stats = {"cases": 0, "bad": 0, "rx": 0, "tx": 0}
+
+    @FUZZ
+    @given(c=case)
+    def one(c: dict) -> None:
+        dev = VirtioNet(backend, "52:54:00:00:00:01")
+        backend.refill(c["seed"])
+        queue = c["seed"] % 2
+        run_case(mem, dev, c, queue=queue, build=net_request)
+        stats["cases"] += 1
+        stats["bad"] += dev.metrics.bad_chains
+        stats["rx"] += dev.counters.rx_frames
+        stats["tx"] += dev.counters.tx_frames
+
+    one()
+    backend.close()
+    assert stats["cases"] >= EXAMPLES and stats["bad"] > 0 and stats["rx"] > 0 and stats["tx"] > 0
+
+
+def test_fuzz_balloon(mem: GuestMemory) -> None:
+    stats = {"cases": 0, "bad": 0, "discarded": 0}
+
+    @FUZZ
+    @given(c=case)
+    def one(c: dict) -> None:
+        dev = VirtioBalloon()
+        discarded: list[tuple[int, int]] = []
+        real = dev.discard
+
+        def discard(addr: int, length: int) -> bool:
+            ok = real(addr, length)
+            if ok:
+                discarded.append((addr, addr + length))
+            return ok
+
+        dev.discard = discard  # type: ignore[method-assign]
+        run_case(mem, dev, c, queue=c["seed"] % 4, build=balloon_request, also_allowed=lambda: discarded)
+        stats["cases"] += 1
+        stats["bad"] += dev.metrics.bad_chains
+        stats["discarded"] += len(discarded)
+
+    one()
+    assert stats["cases"] >= EXAMPLES and stats["bad"] > 0 and stats["discarded"] > 0
+
+
+def test_fuzz_vsock(mem: GuestMemory, tmp_path: Path) -> None:
+    import socket
+
+    listener = socket.socket(socket.AF_UNIX)  # guest REQUESTs to host port 7 find someone
+    listener.bind(str(tmp_path / "v.sock_7"))
+    listener.listen(1024)
+    stats = {"cases": 0, "bad": 0, "ok": 0}
+    dev = VirtioVsock(3, str(tmp_path / "v.sock"))
+
+    @FUZZ
+    @given(c=case)
+    def one(c: dict) -> None:
+        def prime(drivers: list[MockDriver]) -> None:  # a packet for no stream: an RST to deliver
+            drivers[1].add_chain(vsock_request(2 * vp.OP_RW, 99, 1))
+            dev.notify(1)
+
+        queue = c["seed"] % 3
+        run_case(mem, dev, c, queue=queue, build=vsock_request, prime=prime if queue == 0 else lambda d: None)
+        stats["cases"] += 1
+        stats["bad"] += dev.metrics.bad_chains
+        stats["ok"] += dev.metrics.ok
+        dev.metrics.bad_chains = dev.metrics.ok = 0
+        while True:  # accepted connections were reset with the device: drop them here too
+            listener.setblocking(False)
+            try:
+                listener.accept()[0].close()
+            except BlockingIOError:
+                break
+
+    one()
+    dev.close()
+    listener.close()
+    assert stats["cases"] >= EXAMPLES and stats["bad"] > 0 and stats["ok"] > 0
