@@ -208,16 +208,16 @@ def rates(points: list[tuple[datetime, float]], scale: float = 1.0
     return out
 
 
-def latest(s: Session) -> list[tuple[str, str, str, float]]:
-    """The newest raw value of every series: (kind, name, metric, value)."""
-    newest = (select(MetricSample.kind, MetricSample.name, MetricSample.metric,
-                     func.max(MetricSample.ts).label("ts"))
-              .where(MetricSample.step == 0)
-              .group_by(MetricSample.kind, MetricSample.name, MetricSample.metric).subquery())
+def latest(s: Session, recent: timedelta = timedelta(minutes=5)
+           ) -> list[tuple[str, str, str, float]]:
+    """The newest raw value of every series sampled within ``recent`` of the newest sample
+    (a VM deleted or a host down long ago has no current value): (kind, name, metric, value),
+    sorted. Reads only the last minutes (the (step, ts) index)."""
+    newest = s.scalar(select(func.max(MetricSample.ts)).where(MetricSample.step == 0))
+    if newest is None:
+        return []
     q = (select(MetricSample.kind, MetricSample.name, MetricSample.metric, MetricSample.value)
-         .join(newest, (MetricSample.kind == newest.c.kind)
-               & (MetricSample.name == newest.c.name)
-               & (MetricSample.metric == newest.c.metric) & (MetricSample.ts == newest.c.ts))
-         .where(MetricSample.step == 0)
-         .order_by(MetricSample.kind, MetricSample.name, MetricSample.metric))
-    return [(k, n, m, v) for k, n, m, v in s.execute(q)]
+         .where(MetricSample.step == 0, MetricSample.ts >= newest - recent)
+         .order_by(MetricSample.ts, MetricSample.id))
+    last = {(k, n, m): v for k, n, m, v in s.execute(q)}
+    return [(k, n, m, v) for (k, n, m), v in sorted(last.items())]

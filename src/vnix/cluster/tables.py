@@ -162,7 +162,8 @@ class MetricSample(Base):
     width in seconds for downsampled ones (issue 7 adds the downsampler)."""
 
     __tablename__ = "metric_samples"
-    __table_args__ = (Index("ix_metric_samples_lookup", "kind", "name", "metric", "ts"),)
+    __table_args__ = (Index("ix_metric_samples_lookup", "kind", "name", "metric", "ts"),
+                      Index("ix_metric_samples_step_ts", "step", "ts"))  # tiers by time
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"),
                                     primary_key=True, autoincrement=True)
     kind: Mapped[str] = mapped_column(String(8))  # host | vm

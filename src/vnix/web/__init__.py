@@ -39,7 +39,8 @@ def mount_web(app: FastAPI) -> None:
 
     @app.get("/metrics", include_in_schema=False)
     def prometheus(request: Request, actor: Actor = Depends(page_actor)) -> Response:
-        return Response(prom.render(request.app.state.manager.store),
+        manager = request.app.state.manager
+        return Response(prom.render(manager.store, manager.config.monitor_interval_s),
                         media_type=prom.CONTENT_TYPE)
 
     @app.exception_handler(LoginRequired)

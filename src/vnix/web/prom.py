@@ -6,6 +6,7 @@ hosts' and VMs' states and the jobs by state. Read at scrape time from the store
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import timedelta
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -26,13 +27,16 @@ def prom_name(kind: str, metric: str) -> str:
 
 
 class StoreCollector(Collector):
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, interval_s: float = 5.0) -> None:
         self.store = store
+        # a series counts if sampled within a few polls of the newest sample (a host whose
+        # agent stopped answering has no current figures; vnix_host_up says it is down)
+        self.recent = timedelta(seconds=max(30.0, 3 * interval_s))
 
     def collect(self) -> Iterator[Metric]:
         families: dict[str, GaugeMetricFamily | CounterMetricFamily] = {}
         with self.store.session() as s:
-            latest = metrics.latest(s)
+            latest = metrics.latest(s, self.recent)
             hosts = list(s.execute(select(Host.name, Host.state)))
             vms = list(s.execute(select(Vm.name, Vm.host, Vm.actual, Vm.desired)))
             jobs = list(s.execute(select(Job.state, func.count(Job.id)).group_by(Job.state)))
@@ -63,7 +67,7 @@ class StoreCollector(Collector):
         yield by_state
 
 
-def render(store: Store) -> bytes:
+def render(store: Store, interval_s: float = 5.0) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(StoreCollector(store))
+    registry.register(StoreCollector(store, interval_s))
     return generate_latest(registry)
