@@ -209,6 +209,11 @@ def test_graphs_and_metrics_show_the_same_figures(site: dict) -> None:
     assert line is not None and float(line.group(1)) == pytest.approx(host_cpu, abs=1e-3)
     assert re.search(r'^vnix_vm_cpu_time_s_total\{vm="graphed"\} ', prom, re.M)
     assert 'vnix_host_up{host="h1"} 1.0' in prom
+    host = admin.c.get("/hosts/h1").text  # CPU, memory and network graphs
+    for metric in ("cpu_percent", "memory_used_mib", "net_rx_bytes", "net_tx_bytes"):
+        assert f'data-metric="{metric}"' in host
+    rx = admin.c.get("/ui/graph/host/h1/net_rx_bytes").json()
+    assert rx["unit"] == "B/s" and len(rx["y"]) >= 2 and min(rx["y"]) >= 0
 
 
 def test_downsampling_averages_minutes_and_retention_prunes(tmp_path: Path) -> None:

@@ -31,7 +31,9 @@ def host_samples(host: str, info: HostOut) -> list[Sample]:
     used = info.memory_total_mib - info.memory_available_mib
     return [Sample("host", host, "cpu_percent", info.cpu_percent),
             Sample("host", host, "memory_used_mib", float(used)),
-            Sample("host", host, "vms", float(info.vms))]
+            Sample("host", host, "vms", float(info.vms)),
+            Sample("host", host, "net_rx_bytes", float(info.net_rx_bytes)),
+            Sample("host", host, "net_tx_bytes", float(info.net_tx_bytes))]
 
 
 def vm_samples(vm: VmOut) -> list[Sample]:
@@ -41,6 +43,10 @@ def vm_samples(vm: VmOut) -> list[Sample]:
         out.append(Sample("vm", vm.name, "rss_mib", vm.rss_mib))
     if vm.balloon_mib is not None:
         out.append(Sample("vm", vm.name, "balloon_mib", float(vm.balloon_mib)))
+    for metric in ("net_rx_bytes", "net_tx_bytes", "disk_read_bytes", "disk_write_bytes"):
+        value = getattr(vm, metric)
+        if value is not None:
+            out.append(Sample("vm", vm.name, metric, float(value)))
     for key, count in (vm.exit_counters or {}).items():
         out.append(Sample("vm", vm.name, f"exits_{key}"[:32], float(count)))
     return out
@@ -104,8 +110,8 @@ FIGURES: dict[str, Figure] = {f.metric: f for f in (
     Figure("memory_mib", "Memory (configured)", "MiB"),
     Figure("rss_mib", "Memory (host RSS)", "MiB"),
     Figure("balloon_mib", "Balloon (guest RAM)", "MiB"),
-    Figure("disk_read_bytes", "Disk read", "B/s", counter=True),
-    Figure("disk_write_bytes", "Disk written", "B/s", counter=True),
+    Figure("disk_read_bytes", "Disk read (host block I/O)", "B/s", counter=True),
+    Figure("disk_write_bytes", "Disk written (host block I/O)", "B/s", counter=True),
 )}
 
 

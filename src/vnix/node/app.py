@@ -195,6 +195,7 @@ def create_app(data_dir: Path, token: str, drivers: list[str] | None = None,
             memory_total_mib=mem.total // 2**20, memory_available_mib=mem.available // 2**20,
             drivers=list(vms.drivers), default_driver=vms.default_driver,
             accel=choose_accel("auto"), vms=len(vms.names()),
+            **_net_bytes(),
         )
 
     @api.get("/metrics", response_class=Response)
@@ -227,3 +228,10 @@ def create_app(data_dir: Path, token: str, drivers: list[str] | None = None,
 
 class _Unauthorized(Exception):
     pass
+
+
+def _net_bytes() -> dict[str, int]:
+    """The host's network traffic: every NIC but loopback (for the dashboard's graphs)."""
+    nics = psutil.net_io_counters(pernic=True)
+    return {"net_rx_bytes": sum(c.bytes_recv for n, c in nics.items() if n != "lo"),
+            "net_tx_bytes": sum(c.bytes_sent for n, c in nics.items() if n != "lo")}

@@ -76,6 +76,10 @@ class VmOut(BaseModel):
     accel: str | None
     detail: str
     console_tail: list[str] = Field(description="last console lines (crash reports)")
+    net_rx_bytes: int | None = Field(None, description="bytes the guest received on its taps")
+    net_tx_bytes: int | None = Field(None, description="bytes the guest sent on its taps")
+    disk_read_bytes: int | None = Field(None, description="block I/O read by its process")
+    disk_write_bytes: int | None = Field(None, description="block I/O written by its process")
 
 
 class ConsoleOut(BaseModel):
@@ -137,6 +141,8 @@ class HostOut(BaseModel):
     default_driver: str
     accel: str
     vms: int
+    net_rx_bytes: int = Field(0, description="bytes received on the host's NICs (not lo)")
+    net_tx_bytes: int = Field(0, description="bytes sent on the host's NICs (not lo)")
 
 
 class ErrorOut(BaseModel):

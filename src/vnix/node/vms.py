@@ -198,5 +198,27 @@ def to_out(info: VmInfo, image: str | None, tail: list[str]) -> VmOut:
                        virtual_size=d.virtual_size) for d in info.disks],
         nics=[NicOut(network=n.network, mac=n.mac, tap=n.tap, ip=n.ip) for n in info.nics],
         exit_counters=info.exit_counters, vnc=info.vnc, accel=info.accel, detail=info.detail,
-        console_tail=tail,
+        console_tail=tail, **io_counters(info),
     )
+
+
+def io_counters(info: VmInfo) -> dict[str, int | None]:
+    """A VM's traffic seen from the host: its taps' byte counters (what a tap sends, the
+    guest receives) and its process's block I/O (/proc/PID/io); None where not known."""
+    out: dict[str, int | None] = {}
+    taps = [Path("/sys/class/net") / n.tap / "statistics" for n in info.nics if n.tap]
+    try:
+        if taps:
+            out["net_rx_bytes"] = sum(int((t / "tx_bytes").read_text()) for t in taps)
+            out["net_tx_bytes"] = sum(int((t / "rx_bytes").read_text()) for t in taps)
+    except (OSError, ValueError):
+        out.pop("net_rx_bytes", None)
+    if info.pid:
+        try:
+            fields = dict(line.split(": ") for line in
+                          Path(f"/proc/{info.pid}/io").read_text().splitlines())
+            out["disk_read_bytes"] = int(fields["read_bytes"])
+            out["disk_write_bytes"] = int(fields["write_bytes"])
+        except (OSError, ValueError, KeyError):
+            pass
+    return out
