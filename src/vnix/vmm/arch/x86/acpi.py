@@ -21,8 +21,11 @@ From the ACPI 6.4 specification (chapter 5):
   (UIDs and APIC IDs 0..N-1), the IOAPIC (ID = N, GSI base 0), an interrupt source override
   ISA IRQ 0 -> GSI 2 (as QEMU), and a Local APIC NMI on LINT1 for all processors.
 * DSDT: \\_S5 = Package {5, 0, 0, 0}; \\_SB.PVPN pvpanic (_HID "QEMU0001", I/O port 0x505);
-  \\_SB.COM1 (PNP0501, ports 0x3F8-0x3FF, IRQ 4); and one LNRO0005 device per virtio-mmio
-  window given (Linux's virtio_mmio driver binds to that _HID).
+  \\_SB.COM1 (PNP0501, ports 0x3F8-0x3FF, IRQ 4); one LNRO0005 device per virtio-mmio
+  window given (Linux's virtio_mmio driver binds to that _HID); and \\_SB.PCI0, the PCI root
+  bridge (PNP0A03, 6.1.5 / PCI Firmware 3.2, 4.1) whose _CRS gives bus 0, the configuration
+  ports 0xCF8-0xCFF, the I/O windows around them and the 32-bit MMIO window where the VMM and
+  the guest place BARs (0xC0000000..0xFEBFFFFF): without it Linux needs ``pci=noacpi``.
 """
 from __future__ import annotations
 
@@ -167,6 +170,7 @@ def dsdt_aml(devices: Sequence[AcpiMmioDevice] = ()) -> bytes:
                                                    aml.irq_no_flags(COM1_IRQ))),
         ),
     ]
+    sb.append(pci_root_bridge())
     for i, dev in enumerate(devices):
         sb.append(aml.device(
             f"V{i:03X}",
@@ -178,6 +182,28 @@ def dsdt_aml(devices: Sequence[AcpiMmioDevice] = ()) -> bytes:
         ))
     return (aml.name("\\_S5", aml.package(S5_SLP_TYP, 0, 0, 0))
             + aml.scope("\\_SB", *sb))
+
+
+PCI_CONFIG_PORT = 0xCF8  # configuration mechanism 1: CONFIG_ADDRESS 0xCF8, CONFIG_DATA 0xCFC
+
+
+def pci_root_bridge() -> bytes:
+    """\\_SB.PCI0: bus 0 behind the host bridge the VMM emulates (vnix.vmm.devices.pci)."""
+    from vnix.vmm.arch.x86.layout import DEVICE_MMIO_END, DEVICE_MMIO_START
+
+    return aml.device(
+        "PCI0",
+        aml.name("_HID", aml.eisa_id("PNP0A03")),
+        aml.name("_UID", 0),
+        aml.name("_SEG", 0),
+        aml.name("_BBN", 0),
+        aml.name("_CRS", aml.resource_template(
+            aml.word_bus_number(0, 0),
+            aml.io_port(PCI_CONFIG_PORT, 8),
+            aml.word_io(0x0000, PCI_CONFIG_PORT - 1),
+            aml.word_io(0x0D00, 0xFFFF),
+            aml.dword_memory(DEVICE_MMIO_START, DEVICE_MMIO_END - 1))),
+    )
 
 
 def dsdt(devices: Sequence[AcpiMmioDevice] = ()) -> bytes:

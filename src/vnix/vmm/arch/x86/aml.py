@@ -167,6 +167,33 @@ def extended_interrupt(gsi: int, *, level: bool = False, active_low: bool = Fals
     return struct.pack("<BHBBI", 0x89, 6, flags, 1, gsi)
 
 
+# Address space descriptors (6.4.3.5.2 DWord, 6.4.3.5.3 Word) as a PCI root bridge produces them:
+# ResourceProducer, positive decode, MinFixed and MaxFixed (general flags 0x0C).
+_ADDR_PRODUCER_FIXED = 0x0C
+RES_MEMORY, RES_IO, RES_BUS = 0, 1, 2
+
+
+def word_address(kind: int, minimum: int, maximum: int, *, type_flags: int = 0) -> bytes:
+    """Word Address Space Descriptor (6.4.3.5.3): bus numbers or a 16-bit I/O range."""
+    return struct.pack("<BHBBBHHHHH", 0x88, 13, kind, _ADDR_PRODUCER_FIXED, type_flags, 0, minimum,
+                       maximum, 0, maximum - minimum + 1)
+
+
+def word_bus_number(first: int, last: int) -> bytes:
+    return word_address(RES_BUS, first, last)
+
+
+def word_io(minimum: int, maximum: int) -> bytes:
+    """An I/O window (type flags: _RNG EntireRange = 3)."""
+    return word_address(RES_IO, minimum, maximum, type_flags=3)
+
+
+def dword_memory(minimum: int, maximum: int) -> bytes:
+    """DWord Address Space Descriptor (6.4.3.5.2) for a read-write, non-cacheable memory window."""
+    return struct.pack("<BHBBBIIIII", 0x87, 23, RES_MEMORY, _ADDR_PRODUCER_FIXED, 0x01, 0, minimum,
+                       maximum, 0, maximum - minimum + 1)
+
+
 def resource_template(*descriptors: bytes) -> bytes:
     """A Buffer of descriptors closed by an End Tag (6.4.2.9) with checksum 0 ("ignore")."""
     return buffer(b"".join(descriptors) + b"\x79\x00")
