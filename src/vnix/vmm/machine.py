@@ -193,6 +193,10 @@ class Machine:
         self.mmio = MmioBus()
         self.threads: list[VcpuThread] = []
         self.parts: MachineParts | None = None
+        self.paused = False
+        self._pause_lock = threading.Lock()  # not _lock: a vCPU may request_stop while we wait for it
+        self.graceful_stop = False  # Ctrl-Alt-Del sent through the control API: a reboot means stop
+        self.api: object | None = None  # the control API server (vnix.vmm.api), if --api-sock
 
     # -- stopping -------------------------------------------------------------------------------
     def request_stop(self, stop: Stop) -> None:
@@ -200,10 +204,32 @@ class Machine:
         with self._lock:
             if self._stop is not None:
                 return
+            if self.graceful_stop and stop.status == REBOOT:
+                # Linux answers Ctrl-Alt-Del by rebooting (its default C-A-D action); the VMM
+                # does not restart guests, so after a stop request that is the guest's power-off.
+                stop = Stop(POWEROFF, f"stopped gracefully ({stop.reason} after Ctrl-Alt-Del)", report=False)
             self._stop = stop
         for t in self.threads:
             t.stop()
         self._stopped.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop is not None or self.graceful_stop
+
+    # -- pausing (the control API; a snapshot pauses first) ----------------------------------
+    def pause(self) -> None:
+        """Every vCPU out of KVM_RUN and held there; devices keep their state."""
+        with self._pause_lock:
+            for t in self.threads:
+                t.pause()
+            self.paused = True
+
+    def resume(self) -> None:
+        with self._pause_lock:
+            for t in self.threads:
+                t.resume()
+            self.paused = False
 
     # -- building -------------------------------------------------------------------------------
     def build(self) -> None:
@@ -267,7 +293,8 @@ class Machine:
         self.console.attach(self.serial.receive, self.serial.room)
         self.pio.insert(serial.COM1_PORT, serial.PORT_COUNT, self.serial, "serial (COM1)")
         reset = lambda: self.request_stop(Stop(REBOOT, "guest reset (i8042)"))  # noqa: E731
-        self.pio.insert(i8042.DATA_PORT, I8042_PORT_COUNT, _I8042Window(i8042.I8042(reset, irq(i8042.IRQ_KEYBOARD))), "i8042")
+        self.i8042 = i8042.I8042(reset, irq(i8042.IRQ_KEYBOARD))
+        self.pio.insert(i8042.DATA_PORT, I8042_PORT_COUNT, _I8042Window(self.i8042), "i8042")
         below_4g = sum(min(r.end, 1 << 32) - r.guest_addr for r in mem if r.guest_addr < 1 << 32)
         self.pio.insert(rtc.INDEX_PORT, CMOS_PORT_COUNT, rtc.Rtc(below_4g, mem.size - below_4g), "cmos")
         self.pio.insert(pvpanic.PORT, 1, pvpanic.PvPanic(self.request_stop), "pvpanic")
