@@ -1,5 +1,10 @@
 """The VMM process: ``python -m vnix.vmm --kernel F [--initrd F] [--cmdline S] [--memory 256M]
-[--cpus N] [--debug-exit] [--stats] [--stats-json PATH]`` or ``--config machine.json``.
+[--cpus N] [--debug-exit] [--stats] [--stats-json PATH] [--api-sock PATH] [--serial unix:PATH]`` or
+``--config machine.json``.
+
+``--api-sock PATH`` serves the control API (:mod:`vnix.vmm.api`: pause, resume, stop, stats,
+balloon, snapshot) on a Unix socket; ``--serial unix:PATH`` also serves the serial port on one
+(:mod:`vnix.vmm.console`; standard input and output stay connected to it too).
 
 Flags given next to ``--config`` override the file's fields. ``--flat`` loads the kernel file as a
 raw 32-bit image at 1 MiB (for hand-made test guests). The exit status says how the VM ended
@@ -35,11 +40,11 @@ USAGE = (
     "usage: python -m vnix.vmm (--kernel FILE | --config FILE) [--initrd FILE] [--cmdline S]\n"
     "       [--memory SIZE] [--cpus N] [--debug-exit] [--flat] [--stats] [--stats-json PATH]\n"
     "       [--disk PATH[,format=raw|qcow2][,readonly=on]]... [--net tap[,name=T][,bridge=B][,mac=M]]...\n"
-    "       [--balloon SIZE] [--vsock cid=N,uds=PATH]\n"
+    "       [--balloon SIZE] [--vsock cid=N,uds=PATH] [--api-sock PATH] [--serial unix:PATH]\n"
 )
 _LIST_FLAGS = ("--disk", "--net")  # repeatable; added to the config's disks / nets (issue 3)
 _VALUE_FLAGS = ("--config", "--kernel", "--initrd", "--cmdline", "--memory", "--cpus", "--stats-json",
-                "--balloon", "--vsock")
+                "--balloon", "--vsock", "--api-sock", "--serial")
 _BOOL_FLAGS = ("--debug-exit", "--flat", "--stats")
 
 
@@ -62,6 +67,8 @@ class Args:
         self.net: list[str] = []
         self.balloon: str | None = None
         self.vsock: str | None = None
+        self.api_sock: str | None = None
+        self.serial: str | None = None
 
 
 def parse_args(argv: Sequence[str]) -> Args:
@@ -142,6 +149,26 @@ def config_from_args(args: Args) -> MachineConfig:
     return config
 
 
+MAX_SOCKET_PATH = 107  # sockaddr_un.sun_path is 108 bytes with the NUL (unix(7))
+
+
+def socket_paths(args: Args) -> tuple[str | None, str | None]:
+    """(control API socket, serial socket) from ``--api-sock`` and ``--serial unix:PATH``."""
+    serial = None
+    if args.serial is not None and args.serial != "stdio":
+        kind, colon, serial = args.serial.partition(":")
+        if kind != "unix" or not colon or not serial:
+            raise ConfigError(f"--serial {args.serial!r}: expected unix:PATH or stdio")
+    for flag, path in (("--api-sock", args.api_sock), ("--serial", serial)):
+        if path is None:
+            continue
+        if len(path.encode()) > MAX_SOCKET_PATH:
+            raise ConfigError(f"{flag} {path}: longer than a Unix socket path may be ({MAX_SOCKET_PATH} bytes)")
+        if not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+            raise ConfigError(f"{flag} {path}: its directory does not exist")
+    return args.api_sock, serial
+
+
 def _say(message: str) -> None:
     print(f"{PROG}: {message}", file=sys.stderr, flush=True)
 
@@ -156,10 +183,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.stdout.write(USAGE)
             return 0
         config = config_from_args(args)
+        api_sock, serial_sock = socket_paths(args)
         from vnix.vmm.machine import Machine, flat_loader, linux_loader
 
         machine = Machine(config, stats, loader=flat_loader if args.flat else linux_loader)
         machine.build()
+        try:
+            if serial_sock is not None:
+                machine.console.listen(serial_sock)
+            if api_sock is not None:
+                from vnix.vmm.api import serve
+
+                serve(machine, api_sock)
+        except OSError as exc:
+            raise ConfigError(f"cannot serve a Unix socket: {exc.strerror} ({exc.filename or api_sock})") from None
     except UsageError as exc:
         _say(f"error: {exc}")
         return BAD_CONFIG
@@ -177,6 +214,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     gc.enable()
     stop = machine.run()
     stats.finish(stop.status, stop.reason)
+    if machine.api is not None:
+        machine.api.close()  # type: ignore[attr-defined]
+    machine.console.close()
     if stop.report:
         _say(stop.reason)
     if args.stats_json:

@@ -9,6 +9,12 @@ escape key Ctrl-A works as in QEMU's ``-serial mon:stdio``:
 
 When stdin is not a terminal (a pipe or a file) bytes pass through untouched and the VM keeps
 running after end-of-file. Input is handed to the UART only as fast as its FIFO drains.
+
+``--serial unix:PATH`` (:meth:`Console.listen`) also serves the port on a Unix stream socket, as
+QEMU's ``-chardev socket,server=on`` does: every connected client gets the output from then on
+(a client that does not keep up loses bytes, the guest never waits for it) and what any client
+sends goes to the UART. Standard output keeps the whole output (the node agent points it at the
+VM's ``console.log``), so nothing is lost while no client is connected.
 """
 from __future__ import annotations
 
@@ -17,6 +23,10 @@ import sys
 import termios
 import threading
 import tty
+
+# ``_socket``, not ``socket``: the wrapper module (and the ``selectors``/``enum`` work it does)
+# costs the VMM ~2 ms of start-up; the C module is all a Unix stream server needs.
+import _socket
 from typing import Callable
 
 from vnix.vmm.exitcodes import POWEROFF, Stop
@@ -47,6 +57,9 @@ class Console:
         self._room: threading.Event | None = None
         self.bytes_out = 0
         self.bytes_in = 0
+        self._server: _socket.socket | None = None
+        self._clients: list[_socket.socket] = []
+        self._feed_lock = threading.Lock()  # one writer into the UART at a time
         try:
             self.interactive = os.isatty(self.stdin_fd)
         except OSError:
@@ -62,6 +75,64 @@ class Console:
             os.write(self.stdout_fd, data)
         except OSError:
             pass
+        for client in list(self._clients):
+            try:
+                client.send(data, _socket.MSG_DONTWAIT | _socket.MSG_NOSIGNAL)
+            except BlockingIOError:
+                pass  # a slow client loses output; the guest never waits for it
+            except OSError:
+                self._drop(client)
+
+    # -- the serial socket ----------------------------------------------------------------------
+    def listen(self, path: str) -> None:
+        """Serve the port on the Unix socket ``path`` (a stale socket file is replaced)."""
+        if os.path.exists(path):
+            os.unlink(path)
+        server = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        server.bind(path)
+        os.chmod(path, 0o600)
+        server.listen(4)
+        self._server = server
+        self.socket_path = path
+
+    def _accept(self) -> None:
+        assert self._server is not None
+        while True:
+            try:
+                fd, _ = self._server._accept()
+            except OSError:
+                return
+            client = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM, 0, fd)
+            self._clients.append(client)
+            threading.Thread(target=self._client_reader, args=(client,), name="console-sock", daemon=True).start()
+
+    def _client_reader(self, client: _socket.socket) -> None:
+        while True:
+            try:
+                data = client.recv(1024)
+            except OSError:
+                data = b""
+            if not data:
+                self._drop(client)
+                return
+            self._feed(data)
+
+    def _drop(self, client: _socket.socket) -> None:
+        if client in self._clients:
+            self._clients.remove(client)
+        client.close()
+
+    def close(self) -> None:
+        """Stop serving the socket (the VMM's exit path)."""
+        if self._server is not None:
+            self._server.close()
+            try:
+                os.unlink(self.socket_path)
+            except OSError:
+                pass
+            self._server = None
+        for client in list(self._clients):
+            self._drop(client)
 
     # -- input ----------------------------------------------------------------------------------
     def attach(self, sink: Callable[[bytes], int], room: threading.Event) -> None:
@@ -77,6 +148,8 @@ class Console:
             except termios.error:
                 self._saved_tty = None
         threading.Thread(target=self._reader, name="console-in", daemon=True).start()
+        if self._server is not None:
+            threading.Thread(target=self._accept, name="console-accept", daemon=True).start()
 
     def restore(self) -> None:
         """Give the terminal back as it was (idempotent)."""
@@ -120,9 +193,10 @@ class Console:
     def _feed(self, data: bytes) -> None:
         if self._sink is None or self._room is None:
             return
-        while data:
-            taken = self._sink(data)
-            self.bytes_in += taken
-            data = data[taken:]
-            if data:
-                self._room.wait(0.05)  # the guest reads the FIFO; poll also in case it never does
+        with self._feed_lock:
+            while data:
+                taken = self._sink(data)
+                self.bytes_in += taken
+                data = data[taken:]
+                if data:
+                    self._room.wait(0.05)  # the guest reads the FIFO; poll also in case it never does

@@ -3,7 +3,10 @@
 Ports (IBM PC/AT technical reference; Linux drivers/input/serio/i8042.h): 0x60 data,
 0x64 status (read) / command (write). Command 0xFE pulses the CPU reset line: the VMM ends with
 the reboot status. No keyboard is attached: keyboard commands get ACK (0xFA) so that probing
-guests carry on, and no scancodes are ever produced.
+guests carry on. The one key combination the host can press is Ctrl-Alt-Del
+(:meth:`I8042.send_ctrl_alt_del`, the control API's graceful stop, as Firecracker's
+``SendCtrlAltDel``): make and break codes in scan code set 1 when the controller translates
+(command byte bit 6, XLATE, as a BIOS leaves it) and set 2 otherwise, one IRQ 1 edge a byte.
 """
 from __future__ import annotations
 
@@ -37,6 +40,12 @@ CMD_WRITE_AUX = 0xD4
 CMD_PULSE_RESET = 0xFE
 
 CTR_KBD_INT = 0x01
+CTR_KBD_DISABLED = 0x10
+CTR_XLATE = 0x40
+# Ctrl, Alt, Del pressed then released (Del is an extended key: E0 prefix). Set 1 break = make | 0x80;
+# set 2 break = F0 before the make code.
+CTRL_ALT_DEL_SET1 = bytes([0x1D, 0x38, 0xE0, 0x53, 0xE0, 0xD3, 0xB8, 0x9D])
+CTRL_ALT_DEL_SET2 = bytes([0x14, 0x11, 0xE0, 0x71, 0xE0, 0xF0, 0x71, 0xF0, 0x11, 0xF0, 0x14])
 KBD_ACK = 0xFA
 KBD_RESET = 0xFF
 KBD_BAT_OK = 0xAA
@@ -60,6 +69,21 @@ class I8042:
         self.out.extend(values)
         self.status |= STATUS_OBF
 
+    def send_ctrl_alt_del(self) -> bool:
+        """Press and release Ctrl-Alt-Del; False if the guest has disabled the keyboard."""
+        with self._lock:
+            if self.ctr & CTR_KBD_DISABLED:
+                return False
+            raise_irq = not self.out and self.ctr & CTR_KBD_INT
+            self._queue(*(CTRL_ALT_DEL_SET1 if self.ctr & CTR_XLATE else CTRL_ALT_DEL_SET2))
+        if raise_irq:
+            self._pulse()
+        return True
+
+    def _pulse(self) -> None:
+        self._irq(1)  # an edge on IRQ 1 for the new byte
+        self._irq(0)
+
     def read(self, offset: int, size: int) -> bytes:
         if size != 1:
             return b"\xff" * size
@@ -68,6 +92,10 @@ class I8042:
                 value = self.out.popleft() if self.out else 0
                 if not self.out:
                     self.status &= ~STATUS_OBF
+                more = bool(self.out) and self.ctr & CTR_KBD_INT
+                if more:  # the next byte gets its own interrupt (a driver reads one a time)
+                    self._irq(1)
+                    self._irq(0)
                 return bytes([value])
             if offset == 4:
                 return bytes([self.status])
@@ -88,8 +116,7 @@ class I8042:
                 reset = self._data(value)
             raise_irq = not had_data and self.out and self.ctr & CTR_KBD_INT
         if raise_irq:
-            self._irq(1)  # an edge on IRQ 1 for the new byte
-            self._irq(0)
+            self._pulse()
         if reset:
             self._on_reset()
 
