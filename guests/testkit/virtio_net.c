@@ -272,7 +272,7 @@ static void poll_rx(void)
 /* ---- ring-3 sessions ---- */
 static uint64_t talk_to_host(uint64_t unused)
 {
-	uint64_t end = deadline_ms(5000), next = 0;
+	uint64_t end = deadline_ms(15000), next = 0;
 	uint16_t seq = 0;
 	while (!past(end) && !(st.host_arp && st.host_ping && (!udp_port || st.udp_echo))) {
 		if (past(next)) {	/* every 200 ms: ask again for whatever has not come back */

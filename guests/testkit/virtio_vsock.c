@@ -125,7 +125,7 @@ static uint64_t connect_out(uint64_t port)
 	struct hdr h;
 	s.port = 2000; s.peer_port = (uint32_t)port;
 	send_pkt(OP_REQUEST, 0, 0, 0);
-	while (next_pkt(&h, 5000)) {
+	while (next_pkt(&h, 15000)) {
 		if (h.op == OP_RESPONSE) { r.out_response = true; break; }
 		if (h.op == OP_RST) return 1;
 	}
@@ -133,14 +133,14 @@ static uint64_t connect_out(uint64_t port)
 	send_pkt(OP_RW, 0, hello_guest, sizeof hello_guest - 1);
 	uint32_t got = 0;
 	char buf[64];
-	while (got < sizeof hello_host - 1 && next_pkt(&h, 5000)) {
+	while (got < sizeof hello_host - 1 && next_pkt(&h, 15000)) {
 		if (h.op != OP_RW) continue;
 		for (uint32_t i = 0; i < h.len && got < sizeof buf; i++) buf[got++] = (char)rxdata[i];
 		s.fwd_cnt += h.len;
 	}
 	r.out_reply_ok = got == sizeof hello_host - 1 && !strncmp(buf, hello_host, got);
 	send_pkt(OP_SHUTDOWN, 3, 0, 0);	/* RCV | SEND: we are done both ways */
-	while (next_pkt(&h, 5000))
+	while (next_pkt(&h, 15000))
 		if (h.op == OP_RST) { r.out_rst = true; break; }
 	return 0;
 }

@@ -24,6 +24,7 @@ Everything the driver wrote is checked before it is used:
 from __future__ import annotations
 
 import struct
+import sys
 from dataclasses import dataclass
 
 from vnix.vmm import GuestMemoryError
@@ -41,7 +42,11 @@ from vnix.vmm.devices.virtio.constants import (
 from vnix.vmm.memory import GuestMemory
 
 _DESC = struct.Struct("<QIHH")
-_USED_ELEM = struct.Struct("<II")
+# Ring indices are read and written while the guest runs on another CPU, so each must be one
+# aligned 16-bit load or store: struct's "<H" moves the two bytes one at a time, and a guest that
+# reads a half-written used.idx miscounts its free slots. The rings are therefore read and
+# written through memoryview.cast("H") / cast("I") (one access an element; x86 is little-endian).
+assert sys.byteorder == "little"
 
 
 class Descriptor:
@@ -120,6 +125,7 @@ class Queue:
         self.next_used = 0
         self.vector = VIRTIO_MSI_NO_VECTOR
         self.indirect = False  # VIRTIO_F_INDIRECT_DESC negotiated
+        self._rings: tuple[GuestMemory, memoryview, memoryview, memoryview, memoryview] | None = None
 
     # -- configuration checks ---------------------------------------------------------------
     def check_layout(self, mem: GuestMemory) -> None:
@@ -137,10 +143,23 @@ class Queue:
                 raise QueueError(f"{name} at {addr:#x} is not {align}-byte aligned")
             if not mem.is_valid(addr, length):
                 raise QueueError(f"{name} {addr:#x}+{length:#x} is outside guest RAM")
+        # The three areas were checked once, here: keep windows on them so the hot path does not
+        # look the region up again for every ring access (they are dropped at reset).
+        # desc: bytes; avail: u16 [flags, idx, ring...]; used: u16 [flags, idx]; elems: u32 [_, id, len, ...]
+        self._rings = (mem, mem.view(self.desc_table, DESC_SIZE * n), mem.view(self.avail_ring, 6 + 2 * n).cast("H"),
+                       mem.view(self.used_ring, 4).cast("H"), mem.view(self.used_ring, 4 + USED_ELEM_SIZE * n).cast("I"))
+
+    def _views(self, mem: GuestMemory) -> tuple[memoryview, memoryview, memoryview, memoryview]:
+        rings = self._rings
+        if rings is None or rings[0] is not mem:
+            self.check_layout(mem)
+            rings = self._rings
+            assert rings is not None
+        return rings[1], rings[2], rings[3], rings[4]
 
     # -- the available ring -----------------------------------------------------------------
     def avail_idx(self, mem: GuestMemory) -> int:
-        return mem.read_u16(self.avail_ring + 2)
+        return self._views(mem)[1][1]
 
     def pending(self, mem: GuestMemory) -> int:
         """Entries the driver has made available and the device has not taken."""
@@ -155,8 +174,7 @@ class Queue:
         try:
             if not self.pending(mem):
                 return None
-            slot = self.avail_ring + 4 + 2 * (self.next_avail % self.size)
-            head = mem.read_u16(slot)
+            head = self._views(mem)[1][2 + self.next_avail % self.size]
         except GuestMemoryError as exc:  # the layout was checked; only a remap could get here
             raise QueueError(str(exc)) from None
         if head >= self.size:
@@ -183,7 +201,10 @@ class Queue:
             if visited > table_size:
                 raise BadChain(head, f"chain visits more than {table_size} descriptors (a loop)")
             try:
-                addr, length, flags, nxt = _DESC.unpack(mem.read(table + DESC_SIZE * index, DESC_SIZE))
+                if in_indirect:
+                    addr, length, flags, nxt = _DESC.unpack(mem.read(table + DESC_SIZE * index, DESC_SIZE))
+                else:  # the main table: inside the window checked at activation
+                    addr, length, flags, nxt = _DESC.unpack_from(self._views(mem)[0], DESC_SIZE * index)
             except GuestMemoryError:
                 raise BadChain(head, "descriptor outside guest RAM") from None
             if flags & VIRTQ_DESC_F_INDIRECT:
@@ -214,16 +235,18 @@ class Queue:
     # -- the used ring ----------------------------------------------------------------------
     def add_used(self, mem: GuestMemory, head: int, length: int) -> None:
         """Return chain ``head`` with ``length`` bytes written (2.7.8), then publish used.idx."""
-        slot = self.used_ring + 4 + USED_ELEM_SIZE * (self.next_used % self.size)
-        mem.write(slot, _USED_ELEM.pack(head, length & 0xFFFFFFFF))
+        _, _, used, elems = self._views(mem)
+        slot = 1 + 2 * (self.next_used % self.size)
+        elems[slot] = head
+        elems[slot + 1] = length & 0xFFFFFFFF
         self.next_used = (self.next_used + 1) & 0xFFFF
-        mem.write_u16(self.used_ring + 2, self.next_used)  # after the element: 2.7.8.2 ordering
+        used[1] = self.next_used  # after the element: 2.7.8.2 ordering
 
     def needs_interrupt(self, mem: GuestMemory) -> bool:
         """Without VIRTIO_F_EVENT_IDX the driver suppresses interrupts with a flag (2.7.7)."""
         try:
-            return not mem.read_u16(self.avail_ring) & VIRTQ_AVAIL_F_NO_INTERRUPT
-        except GuestMemoryError:
+            return not self._views(mem)[1][0] & VIRTQ_AVAIL_F_NO_INTERRUPT
+        except (GuestMemoryError, QueueError):
             return True
 
     # -- snapshots --------------------------------------------------------------------------
