@@ -1,43 +1,172 @@
-"""The native driver: one ``python -m vnix.vmm --config FILE`` process per VM.
+"""The native driver: one ``python -m vnix.vmm`` process per VM, driven through its control API.
 
-What works now: define, start (detached: the process is orphaned on purpose so it outlives the
-agent and never lingers as our zombie), forced stop, destroy, state and information from /proc,
-and the console (the VMM's serial output goes to ``console.log``). Everything that needs the
-VMM's control socket (graceful stop, pause/resume, suspend, balloon, snapshots, migration)
-raises :class:`Unsupported` until that API lands (its own issue).
+* The process is started detached (``setsid`` from a shell that exits at once: re-parented to
+  init, so it outlives the agent and never lingers as our zombie) with, in the VM's
+  :class:`~vnix.hypervisor.rundir.RunDir`::
+
+      --config config.json          the MachineConfig
+      --api-sock qmp.sock           the control API (vnix.vmm.api; the run dir's control socket)
+      --serial unix:serial.sock     COM1 served on a socket: what console_write types into
+      --stats-json stats.json       written at exit: the exit status and its reason
+      >> console.log 2>&1           everything the guest printed, written by the VMM itself
+
+* The state is what the API says (``GET /vm``) while the process lives; once it has ended,
+  ``stats.json`` says how: status 0 (the guest powered off, or a stop we asked for) is STOPPED,
+  anything else CRASHED with the VMM's reason. A restarted agent needs nothing but these files.
+* Graceful stop = the API's Ctrl-Alt-Del (no forced fallback inside the VMM: ``stop`` returns
+  False after its timeout and the caller decides); forced stop = the API's forced stop, SIGKILL
+  if the VMM does not end.
+* Snapshots and suspend go through ``PUT /snapshot`` (vnix.vmm.snapshot); resuming starts a new
+  VMM with ``--restore FILE``. Migration is not there yet (its own issue).
 """
 from __future__ import annotations
 
+import json
 import shlex
+import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from vnix.hypervisor.base import Hypervisor
-from vnix.hypervisor.errors import Unsupported, VmProcessError
+from vnix.hypervisor.errors import HypervisorError, Unsupported, VmProcessError
 from vnix.hypervisor.qemu_info import proc_cpu_rss
-from vnix.hypervisor.rundir import RunDir, list_vms, read_from
-from vnix.hypervisor.spec import DiskInfo, NicInfo, VmInfo, VmSpec
+from vnix.hypervisor.rundir import Record, RunDir, list_vms, read_from, wait_gone
+from vnix.hypervisor.spec import DiskInfo, MigrationTarget, NicInfo, SnapshotInfo, VmInfo, VmSpec
 from vnix.hypervisor.state import LIVE_STATES, VmState, require, transition
+from vnix.vmm.api.client import ApiClientError, VmmApiError, VmmClient, VmmRequestError
 
 S = VmState
-_LATER = "the native VMM's control API is not there yet"
+_API_STATES = {"running": S.RUNNING, "paused": S.PAUSED, "starting": S.RUNNING}
+_MIGRATION = "live migration of native VMs is not implemented yet (a later issue)"
 
 
 class NativeHypervisor(Hypervisor):
     name = "native"
 
-    def __init__(self, run_dir: Path | str, *, python: str = sys.executable) -> None:
+    def __init__(self, run_dir: Path | str, *, python: str = sys.executable,
+                 start_timeout: float = 15.0) -> None:
         self.root = Path(run_dir)
         self.root.mkdir(parents=True, exist_ok=True)
         self.python = python
+        self.start_timeout = start_timeout
+        self._locks: dict[str, threading.RLock] = {}
+        self._locks_guard = threading.Lock()
 
-    def _rd(self, name: str) -> RunDir:
-        rd = RunDir(self.root, name)
-        rd.spec()  # NoSuchVm
-        return rd
+    # -- helpers --------------------------------------------------------------------------
+    @contextmanager
+    def _locked(self, name: str) -> Iterator[RunDir]:
+        with self._locks_guard:
+            lock = self._locks.setdefault(name, threading.RLock())
+        with lock:
+            rd = RunDir(self.root, name)
+            rd.spec()  # NoSuchVm
+            yield rd
 
+    @staticmethod
+    def _api(rd: RunDir, timeout: float = 10.0) -> VmmClient:
+        return VmmClient(str(rd.qmp), timeout)
+
+    @staticmethod
+    def _stats_file(rd: RunDir) -> Path:
+        return rd.path / "stats.json"
+
+    def _set(self, rd: RunDir, rec: Record, new: VmState, action: str, detail: str = "") -> None:
+        rec.state = transition(rd.name, rec.state, new, action)
+        rec.detail = detail
+        rd.save(rec)
+
+    def _ended(self, rd: RunDir, rec: Record) -> Record:
+        """The process is gone: its stats.json says how it ended."""
+        status, reason = None, ""
+        try:
+            raw = json.loads(self._stats_file(rd).read_text())
+            status, reason = raw.get("exit_status"), str(raw.get("exit_reason", ""))
+        except (OSError, ValueError):
+            pass
+        if status == 0:
+            rec.state, rec.detail = S.STOPPED, reason or "the VM stopped"
+        else:
+            tail = self.console_lines(rd.name, 1)
+            why = (f"the VMM exited with status {status}: {reason}" if status is not None
+                   else "the VMM process ended without a word")
+            rec.state, rec.detail = S.CRASHED, why + (f" (last line: {tail[0]})" if tail else "")
+        rd.pid_file.unlink(missing_ok=True)
+        rd.save(rec)
+        return rec
+
+    def _observe(self, rd: RunDir) -> Record:
+        """The recorded state, corrected by the process and its API (and persisted)."""
+        rec = rd.load()
+        if rec.state not in LIVE_STATES:
+            return rec
+        if rd.pid() is None:
+            return self._ended(rd, rec)
+        try:
+            seen = _API_STATES.get(self._api(rd, 5.0).vm()["state"])
+        except ApiClientError as exc:
+            rec.detail = f"the VMM does not answer: {exc}"
+            return rec
+        if seen is not None and seen != rec.state:
+            rec.state = seen
+            rd.save(rec)
+        return rec
+
+    def _launch(self, rd: RunDir, rec: Record, restore: Path | None = None) -> None:
+        from vnix.vmm.launch import vmm_argv
+
+        for stale in (rd.qmp, rd.serial, rd.pid_file, self._stats_file(rd)):
+            stale.unlink(missing_ok=True)
+        args = ["--config", str(rd.path / "config.json"), "--api-sock", str(rd.qmp),
+                "--serial", f"unix:{rd.serial}", "--stats-json", str(self._stats_file(rd))]
+        if restore is not None:
+            args += ["--restore", str(restore)]
+        cmd = vmm_argv(args, python=self.python)
+        (rd.path / "argv").write_text(shlex.join(cmd) + "\n")
+        # sh starts the VMM in the background and exits at once: the VMM is re-parented to init.
+        # (``cd D && cmd &`` would background the whole list and write the pid elsewhere.)
+        script = (f"cd {shlex.quote(str(rd.path))} || exit 1; setsid {shlex.join(cmd)} "
+                  f">>console.log 2>&1 </dev/null & echo $! > pid")
+        proc = subprocess.run(["sh", "-c", script], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise VmProcessError(f"cannot start the VMM for {rd.name!r}: {proc.stderr.strip()}")
+        deadline = time.monotonic() + self.start_timeout
+        while True:
+            if rd.pid() is None:
+                time.sleep(0.05)  # the pid file may lag the process by a moment
+                if rd.pid() is None:
+                    tail = self.console_lines(rd.name, 1)
+                    raise VmProcessError(f"the VMM for {rd.name!r} exited at once: "
+                                         f"{tail[0] if tail else 'no output'}")
+            try:
+                self._api(rd, 2.0).vm()
+                break
+            except ApiClientError:
+                if time.monotonic() > deadline:
+                    rd.kill()
+                    raise VmProcessError(f"the VMM for {rd.name!r} did not answer on {rd.qmp} "
+                                         f"within {self.start_timeout:g} s") from None
+                time.sleep(0.02)
+        rec.accel, rec.started = "kvm", time.time()
+
+    def _end_process(self, rd: RunDir, timeout: float = 10.0) -> None:
+        """Forced stop through the API, SIGKILL if it lingers."""
+        pid = rd.pid()
+        if pid is None:
+            return
+        try:
+            self._api(rd, 3.0).stop(graceful=False)
+        except ApiClientError:
+            pass
+        if not wait_gone(pid, timeout):
+            rd.kill()
+        rd.pid_file.unlink(missing_ok=True)
+
+    # -- definitions ----------------------------------------------------------------------
     def define(self, spec: VmSpec) -> None:
         if spec.config.arch != "x86_64":
             raise Unsupported(self.name, f"run an {spec.config.arch} guest",
@@ -47,89 +176,206 @@ class NativeHypervisor(Hypervisor):
         (rd.path / "config.json").write_text(spec.config.to_json())
 
     def spec(self, name: str) -> VmSpec:
-        return self._rd(name).spec()
+        return RunDir(self.root, name).spec()
 
     def list(self) -> list[str]:
         return list_vms(self.root)
 
     def state(self, name: str) -> VmState:
-        rd = self._rd(name)
-        rec = rd.load()
-        if rec.state in LIVE_STATES and rd.pid() is None:
-            rec.state, rec.detail = S.CRASHED, "the VMM process ended"
-            rd.save(rec)
-        return rec.state
+        with self._locked(name) as rd:
+            return self._observe(rd).state
 
     def destroy(self, name: str) -> None:
-        rd = self._rd(name)
-        rd.kill()
-        rd.remove()
+        with self._locked(name) as rd:
+            self._end_process(rd, timeout=5.0)
+            rd.kill()
+            rd.remove()
 
+    # -- lifecycle ------------------------------------------------------------------------
     def start(self, name: str) -> None:
-        rd = self._rd(name)
-        rec = rd.load()
-        rec.state = self.state(name)
-        require(name, rec.state, "start")
-        from vnix.vmm.launch import vmm_argv
-
-        cmd = vmm_argv(["--config", str(rd.path / "config.json")], python=self.python)
-        # sh starts the VMM in the background and exits at once: the VMM is re-parented to init.
-        script = (f"cd {shlex.quote(str(rd.path))} && setsid {shlex.join(cmd)} "
-                  f">>console.log 2>&1 </dev/null & echo $! > pid")
-        proc = subprocess.run(["sh", "-c", script], capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise VmProcessError(f"cannot start the VMM for {name!r}: {proc.stderr.strip()}")
-        time.sleep(0.2)
-        if rd.pid() is None:
-            tail = self.console_lines(name, 1)
-            raise VmProcessError(f"the VMM for {name!r} exited at once: "
-                                 f"{tail[0] if tail else 'no output'}")
-        rec.state = transition(name, rec.state, S.RUNNING, "start")
-        rec.started = time.time()
-        rd.save(rec)
-
-    def force_stop(self, name: str) -> None:
-        rd = self._rd(name)
-        rec = rd.load()
-        rec.state = self.state(name)
-        require(name, rec.state, "force-stop")
-        rd.kill()
-        rec.state = transition(name, rec.state, S.STOPPED, "force-stop")
-        rd.save(rec)
-
-    def info(self, name: str) -> VmInfo:
-        rd = self._rd(name)
-        spec, state = rd.spec(), self.state(name)
-        pid = rd.pid() if state in LIVE_STATES else None
-        cpu, rss = proc_cpu_rss(pid)
-        cfg = spec.config
-        return VmInfo(
-            name=name, uuid=spec.uuid, driver=self.name, state=state, pid=pid, cpus=cfg.cpus,
-            cpu_time_s=cpu, memory_mib=cfg.memory_mib, rss_mib=rss,
-            disks=[DiskInfo(f"vd{chr(97 + i)}", d.path, d.format, d.readonly)
-                   for i, d in enumerate(cfg.disks)],
-            nics=[NicInfo(n.network, n.mac, n.tap, n.ip) for n in spec.nics],
-            accel="kvm", detail=rd.load().detail,
-        )
-
-    def console_read(self, name: str, offset: int = 0) -> tuple[bytes, int]:
-        return read_from(self._rd(name).console_log, offset)
-
-    # -- not yet: these need the VMM's control socket -------------------------------------
-    def console_write(self, name: str, data: bytes) -> None:
-        raise Unsupported(self.name, "type on the console", _LATER)
+        with self._locked(name) as rd:
+            rec = self._observe(rd)
+            require(name, rec.state, "start")
+            self._launch(rd, rec)
+            self._set(rd, rec, S.RUNNING, "start")
 
     def stop(self, name: str, timeout: float = 30.0) -> bool:
-        raise Unsupported(self.name, "stop gracefully", _LATER + "; use force-stop")
+        with self._locked(name) as rd:
+            rec = self._observe(rd)
+            require(name, rec.state, "stop")
+            if rec.state == S.PAUSED:
+                return False  # a paused guest cannot see Ctrl-Alt-Del
+            pid = rd.pid()
+            try:
+                self._api(rd).stop(graceful=True, timeout=None)
+            except VmmRequestError as exc:
+                raise HypervisorError(f"cannot stop {name!r}: {exc}") from None
+            except ApiClientError as exc:
+                raise VmProcessError(f"cannot stop {name!r}: {exc}") from None
+            if pid is not None and not wait_gone(pid, timeout):
+                return False
+            self._ended(rd, rec)
+            return rec.state == S.STOPPED
+
+    def force_stop(self, name: str) -> None:
+        with self._locked(name) as rd:
+            rec = self._observe(rd)
+            require(name, rec.state, "force-stop")
+            self._end_process(rd)
+            self._set(rd, rec, S.STOPPED, "force-stop", "forced off")
 
     def pause(self, name: str) -> None:
-        raise Unsupported(self.name, "pause", _LATER)
+        self._change(name, "pause", S.PAUSED)
 
     def resume(self, name: str) -> None:
-        raise Unsupported(self.name, "resume", _LATER)
+        self._change(name, "resume", S.RUNNING)
+
+    def _change(self, name: str, action: str, new: VmState) -> None:
+        with self._locked(name) as rd:
+            rec = self._observe(rd)
+            require(name, rec.state, action)
+            try:
+                getattr(self._api(rd), action)()
+            except ApiClientError as exc:
+                raise VmProcessError(f"cannot {action} {name!r}: {exc}") from None
+            self._set(rd, rec, new, action)
 
     def suspend(self, name: str) -> None:
-        raise Unsupported(self.name, "suspend", _LATER)
+        with self._locked(name) as rd:
+            rec = self._observe(rd)
+            require(name, rec.state, "suspend")
+            self._save(rd, rd.suspend_file, resume=False)
+            self._end_process(rd)
+            self._set(rd, rec, S.SUSPENDED, "suspend", f"saved to {rd.suspend_file}")
 
     def resume_from_disk(self, name: str) -> None:
-        raise Unsupported(self.name, "resume from disk", _LATER)
+        with self._locked(name) as rd:
+            rec = self._observe(rd)
+            require(name, rec.state, "resume-from-disk")
+            if not rd.suspend_file.is_file():
+                raise HypervisorError(f"VM {name!r} has no saved state ({rd.suspend_file} is missing)")
+            self._launch(rd, rec, restore=rd.suspend_file)
+            self._set(rd, rec, S.RUNNING, "resume-from-disk")
+            rd.suspend_file.unlink(missing_ok=True)
+
+    # -- information ----------------------------------------------------------------------
+    def info(self, name: str) -> VmInfo:
+        with self._locked(name) as rd:
+            spec, rec = rd.spec(), self._observe(rd)
+            pid = rd.pid() if rec.state in LIVE_STATES else None
+            cpu, rss = proc_cpu_rss(pid)
+            cfg = spec.config
+            counters: dict[str, int] | None = None
+            balloon: int | None = None
+            if pid is not None:
+                try:
+                    st = self._api(rd, 5.0).stats()
+                    counters = {str(k): int(v) for k, v in st.get("exits", {}).items()}
+                    b = st.get("memory", {}).get("balloon")
+                    if b and b.get("driver_active"):
+                        balloon = cfg.memory_mib - int(b.get("actual_mib", 0))
+                except ApiClientError as exc:
+                    rec.detail = f"no statistics: {exc}"
+            return VmInfo(
+                name=name, uuid=spec.uuid, driver=self.name, state=rec.state, pid=pid, cpus=cfg.cpus,
+                cpu_time_s=cpu, memory_mib=cfg.memory_mib, balloon_mib=balloon, rss_mib=rss,
+                disks=[DiskInfo(f"vd{chr(97 + i)}", d.path, d.format, d.readonly)
+                       for i, d in enumerate(cfg.disks)],
+                nics=[NicInfo(n.network, n.mac, n.tap, n.ip) for n in spec.nics],
+                exit_counters=counters, accel="kvm", detail=rec.detail,
+            )
+
+    def console_read(self, name: str, offset: int = 0) -> tuple[bytes, int]:
+        rd = RunDir(self.root, name)
+        rd.spec()
+        return read_from(rd.console_log, offset)
+
+    def console_lines(self, name: str, limit: int = 50) -> list[str]:
+        rd = RunDir(self.root, name)
+        rd.spec()
+        size = rd.console_log.stat().st_size if rd.console_log.exists() else 0
+        data, _ = read_from(rd.console_log, max(0, size - 64 * 1024))
+        text = data.decode("utf-8", "replace").replace("\r", "")
+        return text.splitlines()[-limit:] if limit > 0 else []
+
+    def console_write(self, name: str, data: bytes) -> None:
+        with self._locked(name) as rd:
+            rec = self._observe(rd)
+            require(name, rec.state, "pause")  # needs a running guest
+            try:
+                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                    s.settimeout(5.0)
+                    s.connect(str(rd.serial))
+                    s.sendall(data)
+                    time.sleep(0.05)  # let the VMM read before the hang-up
+            except OSError as exc:
+                raise VmProcessError(f"cannot write to {name!r}'s serial port: {exc}") from None
+
+    # -- memory and snapshots -------------------------------------------------------------
+    def set_balloon(self, name: str, target_mib: int) -> None:
+        """Leave the guest ``target_mib`` MiB: the balloon holds the rest (the API takes the
+        balloon's size, Firecracker's ``amount_mib``)."""
+        with self._locked(name) as rd:
+            spec, rec = rd.spec(), self._observe(rd)
+            require(name, rec.state, "balloon")
+            if not 1 <= target_mib <= spec.config.memory_mib:
+                raise HypervisorError(
+                    f"balloon target {target_mib} MiB is outside 1..{spec.config.memory_mib}")
+            try:
+                self._api(rd).set_balloon(spec.config.memory_mib - target_mib)
+            except ApiClientError as exc:
+                raise VmProcessError(f"cannot set {name!r}'s balloon: {exc}") from None
+
+    def _save(self, rd: RunDir, path: Path, resume: bool) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._api(rd).snapshot(str(path), resume=resume)
+        except VmmRequestError as exc:
+            raise HypervisorError(f"cannot save {rd.name!r}: {exc}") from None
+        except VmmApiError as exc:
+            if exc.status == 501:  # the VMM was built without vnix.vmm.snapshot
+                raise Unsupported(self.name, "save a VM's state", str(exc)) from None
+            raise VmProcessError(f"cannot save {rd.name!r}: {exc}") from None
+        except ApiClientError as exc:
+            raise VmProcessError(f"cannot save {rd.name!r}: {exc}") from None
+
+    def snapshot(self, name: str, tag: str) -> SnapshotInfo:
+        with self._locked(name) as rd:
+            rec = self._observe(rd)
+            require(name, rec.state, "snapshot")
+            path = rd.snapshot_dir / f"{_safe_tag(tag)}.snap"
+            self._save(rd, path, resume=rec.state == S.RUNNING)
+            return SnapshotInfo(tag, str(path), path.stat().st_mtime, path.stat().st_size)
+
+    def snapshots(self, name: str) -> list[SnapshotInfo]:
+        rd = RunDir(self.root, name)
+        rd.spec()
+        if not rd.snapshot_dir.is_dir():
+            return []
+        return [SnapshotInfo(p.stem, str(p), p.stat().st_mtime, p.stat().st_size)
+                for p in sorted(rd.snapshot_dir.glob("*.snap"))]
+
+    def revert(self, name: str, tag: str) -> None:
+        with self._locked(name) as rd:
+            rec = self._observe(rd)
+            require(name, rec.state, "revert")
+            path = rd.snapshot_dir / f"{_safe_tag(tag)}.snap"
+            if not path.is_file():
+                raise HypervisorError(f"VM {name!r} has no snapshot {tag!r}")
+            self._end_process(rd)
+            self._launch(rd, rec, restore=path)
+            rec.state, rec.detail = S.RUNNING, f"reverted to {tag}"
+            rd.save(rec)
+
+    # -- migration: not yet ---------------------------------------------------------------
+    def migrate_prepare_target(self, spec: VmSpec) -> MigrationTarget:
+        raise Unsupported(self.name, "migrate", _MIGRATION)
+
+    def migrate_send(self, name: str, target: MigrationTarget) -> None:
+        raise Unsupported(self.name, "migrate", _MIGRATION)
+
+
+def _safe_tag(tag: str) -> str:
+    if not tag or not all(c.isalnum() or c in "-_." for c in tag) or tag.startswith("."):
+        raise HypervisorError(f"snapshot tag {tag!r} may only use letters, digits, - _ .")
+    return tag
