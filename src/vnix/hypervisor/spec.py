@@ -52,7 +52,9 @@ class VmSpec:
     options: DriverOptions = field(default_factory=DriverOptions)
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2)
+        raw = asdict(self)
+        raw["config"] = self.config.to_dict()  # a plain class (the VMM imports no dataclasses)
+        return json.dumps(raw, indent=2)
 
     @classmethod
     def from_json(cls, text: str) -> VmSpec:

@@ -40,11 +40,12 @@ USAGE = (
     "usage: python -m vnix.vmm (--kernel FILE | --config FILE) [--initrd FILE] [--cmdline S]\n"
     "       [--memory SIZE] [--cpus N] [--debug-exit] [--flat] [--stats] [--stats-json PATH]\n"
     "       [--disk PATH[,format=raw|qcow2][,readonly=on]]... [--net tap[,name=T][,bridge=B][,mac=M]]...\n"
-    "       [--balloon SIZE] [--vsock cid=N,uds=PATH] [--api-sock PATH] [--serial unix:PATH]\n"
+    "       [--balloon SIZE|off] [--rng on|off] [--vsock cid=N,uds=PATH] [--api-sock PATH]\n"
+    "       [--serial unix:PATH]\n"
 )
 _LIST_FLAGS = ("--disk", "--net")  # repeatable; added to the config's disks / nets (issue 3)
 _VALUE_FLAGS = ("--config", "--kernel", "--initrd", "--cmdline", "--memory", "--cpus", "--stats-json",
-                "--balloon", "--vsock", "--api-sock", "--serial")
+                "--balloon", "--vsock", "--api-sock", "--serial", "--rng")
 _BOOL_FLAGS = ("--debug-exit", "--flat", "--stats")
 
 
@@ -67,6 +68,7 @@ class Args:
         self.net: list[str] = []
         self.balloon: str | None = None
         self.vsock: str | None = None
+        self.rng: str | None = None
         self.api_sock: str | None = None
         self.serial: str | None = None
 
@@ -137,8 +139,14 @@ def config_from_args(args: Args) -> MachineConfig:
 
         config.disks += [parse_disk(d) for d in args.disk]
         config.nets += [parse_net(n) for n in args.net]
-    if args.balloon is not None:
-        config.balloon_mib = parse_size_mib(args.balloon)
+    if args.balloon == "off":
+        config.balloon, config.balloon_mib = False, 0
+    elif args.balloon is not None:
+        config.balloon, config.balloon_mib = True, parse_size_mib(args.balloon)
+    if args.rng is not None:
+        if args.rng not in ("on", "off"):
+            raise ConfigError(f"--rng must be on or off, not {args.rng!r}")
+        config.rng = args.rng == "on"
     if args.vsock is not None:
         from vnix.vmm.config import parse_vsock
 

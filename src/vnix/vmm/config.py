@@ -7,10 +7,7 @@ This module imports nothing heavy: the VMM process loads it at start-up.
 """
 from __future__ import annotations
 
-import json
 import os
-import re
-from dataclasses import asdict, dataclass, field
 
 from vnix.vmm import ConfigError
 
@@ -19,18 +16,26 @@ MIN_MEMORY_MIB = 16
 ARCHES = ("x86_64", "aarch64")
 MAX_VCPUS = 8  # what the MP table / MADT and our APIC ID space are laid out for
 
-_SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMGT]?)(i?B)?\s*$", re.IGNORECASE)
 _UNIT_MIB = {"": 1, "K": 1 / 1024, "M": 1, "G": 1024, "T": 1024 * 1024}
 
 
 def parse_size_mib(text: str | int) -> int:
-    """'256M', '4G', '4GiB', '512' (MiB) -> MiB. Raises ConfigError on anything else."""
+    """'256M', '4G', '4GiB', '512' (MiB) -> MiB. Raises ConfigError on anything else.
+
+    Read by hand, not with ``re``: the VMM process parses ``--memory`` at start-up, and ``re``
+    (with ``enum``, which it imports) costs that start-up ~3 ms.
+    """
     if isinstance(text, int):
         return text
-    m = _SIZE_RE.match(str(text))
-    if not m:
+    s = str(text).strip()
+    i = 0
+    while i < len(s) and s[i] in "0123456789":
+        i += 1
+    rest = s[i:].lstrip().upper()
+    unit = rest[:1] if rest[:1] in ("K", "M", "G", "T") else ""
+    if not i or rest[len(unit):] not in ("", "B", "IB"):
         raise ConfigError(f"cannot read memory size {text!r} (try 256M or 4G)")
-    mib = int(m.group(1)) * _UNIT_MIB[m.group(2).upper()]
+    mib = int(s[:i]) * _UNIT_MIB[unit]
     if mib != int(mib):
         raise ConfigError(f"memory size {text!r} is not a whole number of MiB")
     return int(mib)
@@ -40,36 +45,79 @@ def host_memory_mib() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1024 * 1024)
 
 
-@dataclass
-class DiskConfig:
-    path: str
-    readonly: bool = False
-    format: str = "raw"  # raw | qcow2
+class _Record:
+    """Base of the configuration records: keyword construction, ``==`` by fields, a readable
+    repr and :meth:`to_dict` (what ``dataclasses.asdict`` gave).
+
+    Plain slotted classes rather than ``@dataclass``: the VMM process imports this module at
+    start-up, and ``dataclasses`` (which pulls in ``inspect``, ``ast``, ``dis`` and ``tokenize``)
+    plus the ``exec`` each dataclass runs cost it ~9 ms. To add a field, add it to ``__slots__``
+    and ``__init__`` (same order: the JSON form and the repr follow ``__slots__``).
+    """
+
+    __slots__: tuple[str, ...] = ()
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        return all(getattr(self, n) == getattr(other, n) for n in self.__slots__)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like a non-frozen dataclass
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__)
+        return f"{type(self).__name__}({args})"
+
+    def to_dict(self) -> dict[str, object]:
+        """Fields by name, nested records and lists of records as dicts (``asdict``'s shape)."""
+        return {n: _plain(getattr(self, n)) for n in self.__slots__}
 
 
-@dataclass
-class NetConfig:
-    kind: str = "tap"
-    name: str | None = None  # tap device name
-    bridge: str | None = None
-    mac: str | None = None
+def _plain(value: object) -> object:
+    if isinstance(value, _Record):
+        return value.to_dict()
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+class DiskConfig(_Record):
+    __slots__ = ("path", "readonly", "format")
+
+    def __init__(self, path: str, readonly: bool = False, format: str = "raw") -> None:  # noqa: A002
+        self.path = path
+        self.readonly = readonly
+        self.format = format  # raw | qcow2
+
+
+class NetConfig(_Record):
+    __slots__ = ("kind", "name", "bridge", "mac")
+
+    def __init__(self, kind: str = "tap", name: str | None = None, bridge: str | None = None,
+                 mac: str | None = None) -> None:
+        self.kind = kind
+        self.name = name  # tap device name
+        self.bridge = bridge
+        self.mac = mac
 
     def validate(self) -> None:
         if self.kind != "tap":
             raise ConfigError(f"net kind {self.kind!r} is not supported (only tap)")
         for label, name in (("name", self.name), ("bridge", self.bridge)):
-            if name is not None and not _IFNAME_RE.match(name):
+            if name is not None and not _is_ifname(name):
                 raise ConfigError(f"net {label} {name!r} is not a valid interface name")
-        if self.mac is not None and (not _MAC_RE.match(self.mac) or int(self.mac[:2], 16) & 1):
+        if self.mac is not None and (not _is_mac(self.mac) or int(self.mac[:2], 16) & 1):
             raise ConfigError(f"net mac {self.mac!r} is not a unicast MAC address")
 
 
-@dataclass
-class VsockConfig:
+class VsockConfig(_Record):
     """virtio-vsock with Firecracker's Unix-socket host side (``--vsock cid=N,uds=PATH``)."""
 
-    cid: int
-    uds: str
+    __slots__ = ("cid", "uds")
+
+    def __init__(self, cid: int, uds: str) -> None:
+        self.cid = cid
+        self.uds = uds
 
     def validate(self) -> None:
         # virtio 1.2, 5.10.4: CIDs 0-2 are reserved (hypervisor, local, host); guest_cid is le64
@@ -98,8 +146,19 @@ def parse_vsock(text: str) -> VsockConfig:
     return vs
 
 
-_MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$", re.IGNORECASE)
-_IFNAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")  # IFNAMSIZ - 1
+_HEX = frozenset("0123456789abcdefABCDEF")
+_IFNAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
+
+
+def _is_mac(text: str) -> bool:
+    """Six hex pairs separated by colons (52:54:00:12:34:56)."""
+    parts = text.split(":")
+    return len(parts) == 6 and all(len(p) == 2 and set(p) <= _HEX for p in parts)
+
+
+def _is_ifname(text: str) -> bool:
+    """1 to 15 (IFNAMSIZ - 1) of letters, digits, ``_``, ``.``, ``-``."""
+    return 1 <= len(text) <= 15 and set(text) <= _IFNAME_CHARS
 
 
 def _options(text: str, flag: str) -> tuple[str, dict[str, str]]:
@@ -138,19 +197,48 @@ def parse_net(text: str) -> NetConfig:
     return net
 
 
-@dataclass
-class MachineConfig:
-    kernel: str
-    initrd: str | None = None
-    cmdline: str = ""
-    memory_mib: int = 256
-    cpus: int = 1
-    disks: list[DiskConfig] = field(default_factory=list)
-    nets: list[NetConfig] = field(default_factory=list)
-    balloon_mib: int = 0  # the balloon's target at start-up (virtio-balloon is always present)
-    vsock: VsockConfig | None = None
-    debug_exit: bool = False  # QEMU-compatible isa-debug-exit on port 0x501 (test guests)
-    arch: str = "x86_64"  # the guest's instruction set: x86_64 or aarch64 (QEMU TCG only)
+class MachineConfig(_Record):
+    """One VM. ``rng`` and ``balloon`` (both on by default) give the guest a virtio-rng and a
+    virtio-balloon; with both off and no disk, NIC or vsock the VM has no virtio device at all,
+    and the VMM process does not even import its PCI/virtio code (``--rng off --balloon off``:
+    the device set of QEMU ``-M microvm`` without ``-device``)."""
+
+    __slots__ = ("kernel", "initrd", "cmdline", "memory_mib", "cpus", "disks", "nets", "balloon_mib", "vsock",
+                 "debug_exit", "arch", "rng", "balloon")
+
+    def __init__(
+        self,
+        kernel: str,
+        initrd: str | None = None,
+        cmdline: str = "",
+        memory_mib: int = 256,
+        cpus: int = 1,
+        disks: list[DiskConfig] | None = None,
+        nets: list[NetConfig] | None = None,
+        balloon_mib: int = 0,
+        vsock: VsockConfig | None = None,
+        debug_exit: bool = False,
+        arch: str = "x86_64",
+        rng: bool = True,
+        balloon: bool = True,
+    ) -> None:
+        self.kernel = kernel
+        self.initrd = initrd
+        self.cmdline = cmdline
+        self.memory_mib = memory_mib
+        self.cpus = cpus
+        self.disks: list[DiskConfig] = [] if disks is None else disks
+        self.nets: list[NetConfig] = [] if nets is None else nets
+        self.balloon_mib = balloon_mib  # the balloon's target at start-up
+        self.vsock = vsock
+        self.debug_exit = debug_exit  # QEMU-compatible isa-debug-exit on port 0x501 (test guests)
+        self.arch = arch  # the guest's instruction set: x86_64 or aarch64 (QEMU TCG only)
+        self.rng = rng  # virtio-rng (entropy from the host's getrandom)
+        self.balloon = balloon  # virtio-balloon (its target settable from the host)
+
+    def has_virtio(self) -> bool:
+        """Whether the VM gets any virtio device (and so a PCI host bridge)."""
+        return bool(self.disks or self.nets or self.rng or self.balloon or self.vsock is not None)
 
     def validate(self) -> None:
         """Refuse impossible configurations with one clear line (ConfigError, exit status 2)."""
@@ -184,15 +272,21 @@ class MachineConfig:
             net.validate()
         if not isinstance(self.balloon_mib, int) or not 0 <= self.balloon_mib < self.memory_mib:
             raise ConfigError(f"--balloon {self.balloon_mib}M must be below --memory {self.memory_mib}M")
+        if self.balloon_mib and not self.balloon:
+            raise ConfigError(f"--balloon {self.balloon_mib}M needs the balloon, which is off")
         if self.vsock is not None:
             self.vsock.validate()
 
     # -- wire format ------------------------------------------------------------------------
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2)
+        import json  # only for --config: json costs the VMM's start-up ~1 ms
+
+        return json.dumps(self.to_dict(), indent=2)
 
     @classmethod
     def from_json(cls, text: str) -> MachineConfig:
+        import json
+
         try:
             raw = json.loads(text)
             raw["disks"] = [DiskConfig(**d) for d in raw.get("disks", [])]
@@ -200,5 +294,5 @@ class MachineConfig:
             if raw.get("vsock") is not None:
                 raw["vsock"] = VsockConfig(**raw["vsock"])
             return cls(**raw)
-        except (ValueError, TypeError, KeyError) as exc:
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
             raise ConfigError(f"bad machine configuration: {exc}") from None

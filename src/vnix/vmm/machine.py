@@ -237,17 +237,18 @@ class Machine:
         kvm = Kvm()
         kvm.require()
         vm = kvm.create_vm()
-        vm.set_tss_addr(TSS_ADDR)
-        vm.set_identity_map_addr(IDENTITY_MAP_ADDR)
-        vm.create_irqchip()
-        vm.create_pit2()
-        self.set_gsi_routes(vm, [])
-
+        # RAM slots first, as Firecracker does: once the TSS / identity-map pages and the irqchip
+        # exist, each KVM_SET_USER_MEMORY_REGION costs 5-12 ms here (0.15 ms before them).
         mem_bytes = cfg.memory_mib * 1024 * 1024
         mem = GuestMemory(ram_layout(mem_bytes))
         for slot, region in enumerate(mem):
             vm.set_user_memory_region(slot, region.guest_addr, region.size, region.host_address)
         self.stats.guest_ram_bytes = mem.size
+        vm.set_tss_addr(TSS_ADDR)
+        vm.set_identity_map_addr(IDENTITY_MAP_ADDR)
+        vm.create_irqchip()
+        vm.create_pit2()
+        self.set_gsi_routes(vm, [])
 
         self._add_devices(vm, mem)
 
@@ -302,9 +303,13 @@ class Machine:
         if self.config.debug_exit:
             self.pio.insert(debug_exit.PORT, debug_exit.PORT_COUNT, debug_exit.DebugExit(self.request_stop), "isa-debug-exit")
         # -- hook (issue 3, virtio): PCI host bridge + virtio-pci devices from the MachineConfig --
-        from vnix.vmm.devices.pci.setup import add_pci_devices
+        # Without a virtio device there is no PCI bus and the PCI/virtio code is not imported.
+        self.pci = None
+        if self.config.has_virtio():
+            from vnix.vmm.devices.pci.setup import add_pci_devices
 
-        self.pci = add_pci_devices(self.pio, self.mmio, mem, vm, lambda extra: self.set_gsi_routes(vm, extra), self.config)
+            self.pci = add_pci_devices(self.pio, self.mmio, mem, vm, lambda extra: self.set_gsi_routes(vm, extra),
+                                       self.config)
 
     # -- running --------------------------------------------------------------------------------
     def run(self) -> Stop:

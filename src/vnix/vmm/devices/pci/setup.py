@@ -50,7 +50,6 @@ class PciDevices:
 def virtio_devices(config: MachineConfig) -> list[tuple[str, VirtioDevice]]:
     """The virtio devices a configuration asks for, in slot order."""
     from vnix.vmm.devices.virtio.blk import VirtioBlk
-    from vnix.vmm.devices.virtio.rng import VirtioRng
 
     out: list[tuple[str, VirtioDevice]] = []
     for i, disk in enumerate(config.disks):
@@ -62,10 +61,14 @@ def virtio_devices(config: MachineConfig) -> list[tuple[str, VirtioDevice]]:
         except ImportError:
             raise PciSetupError("virtio-net is not available in this build") from None
         out.append((f"net{i}", VirtioNet.from_config(net, i)))
-    out.append(("rng", VirtioRng()))
-    from vnix.vmm.devices.virtio.balloon import VirtioBalloon
+    if config.rng:
+        from vnix.vmm.devices.virtio.rng import VirtioRng
 
-    out.append(("balloon", VirtioBalloon(config.balloon_mib * 256)))  # 256 pages of 4 KiB a MiB
+        out.append(("rng", VirtioRng()))
+    if config.balloon:
+        from vnix.vmm.devices.virtio.balloon import VirtioBalloon
+
+        out.append(("balloon", VirtioBalloon(config.balloon_mib * 256)))  # 256 pages of 4 KiB a MiB
     if config.vsock is not None:
         from vnix.vmm.devices.virtio.vsock import VirtioVsock
 
