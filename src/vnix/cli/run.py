@@ -133,6 +133,8 @@ def run(
     accel: str | None = typer.Option(None, "--accel", help="kvm or tcg (QEMU driver)."),
     stats: bool = typer.Option(False, "--stats", help="Print timings (and VMM exit counters)."),
     timeout: float | None = typer.Option(None, "--timeout", help="Kill the VM after this many seconds."),
+    api_sock: str | None = typer.Option(None, "--api-sock", help="Serve the native VMM's control API on this "
+                                        "Unix socket (vnix vmm ... --api-sock PATH)."),
 ) -> None:
     """Boot a guest on this terminal; with `-- CMD ARGS` run CMD in it and exit with its status."""
     from vnix.console.session import attach, run_command
@@ -164,6 +166,12 @@ def run(
     check_cmdline(config.cmdline)
 
     chosen, chosen_accel, reason = _choose_driver(driver, accel, config.arch)
+    if api_sock is not None:
+        if chosen != "native":
+            raise UsageError("--api-sock needs the native VMM (--driver native): QEMU has QMP instead")
+        api_sock = os.path.abspath(api_sock)
+        if not os.path.isdir(os.path.dirname(api_sock)) or len(api_sock.encode()) > 107:
+            raise UsageError(f"--api-sock {api_sock}: no such directory, or too long for a Unix socket")
     err_console.print(reason, markup=False)
     workdir = tempfile.TemporaryDirectory(prefix="vnix-run-")
     if use_rootfs and chosen == "qemu" and img and img.rootfs:
@@ -175,6 +183,8 @@ def run(
         if stats:
             stats_path = str(Path(workdir.name) / "stats.json")
         argv = _native_argv(config, Path(workdir.name), stats_path)
+        if api_sock is not None:
+            argv += ["--api-sock", api_sock]
     else:
         argv = qemu_argv(config, accel=chosen_accel or "tcg",  # type: ignore[arg-type]
                          serial="stdio" if command else "mon:stdio")
