@@ -16,6 +16,11 @@ runs second), ``--runs`` of each (default 7), and reports medians:
 * ``vnix_overhead_mib`` / ``qemu_overhead_mib``: the VMM process's RSS minus the resident part of the
   guest-RAM mapping, sampled from /proc/PID/smaps while the ``serial`` guest waits for input.
 
+Same devices on both sides: QEMU runs ``-M microvm -nodefaults`` with isa-debug-exit and the
+serial port only, so vnix runs with ``--rng off --balloon off`` (``NO_VIRTIO``): no virtio device,
+no PCI bus (the VMM then does not import its PCI/virtio code). A real VM's virtio-rng and
+virtio-balloon (on by default) cost the VMM ~10 ms of start-up more.
+
 This is a benchmark, not a test: these shared machines are noisy, so it prints ratios measured in
 one run. ``--json`` prints one JSON object.
 """
@@ -32,7 +37,46 @@ import tempfile
 import time
 from pathlib import Path
 
-from vnix.testkit import build, guest_path, qemu_argv, run_guest, vnix_argv
+from vnix.testkit import build, guest_path, qemu_argv, vnix_argv
+from vnix.testkit.report import GuestReport, parse_output
+from vnix.testkit.runner import DEBUG_EXIT_OK
+
+#: the device set of QEMU -M microvm -nodefaults: no virtio-rng, no virtio-balloon (so no PCI)
+NO_VIRTIO = ["--rng", "off", "--balloon", "off"]
+
+
+def argv_for(vmm: str, elf: str | Path, *, memory_mib: int, cmdline: str = "") -> list[str]:
+    if vmm == "qemu":
+        return qemu_argv(elf, memory_mib=memory_mib, cmdline=cmdline)
+    return vnix_argv(elf, memory_mib=memory_mib, cmdline=cmdline) + NO_VIRTIO
+
+
+def run_guest(name: str, vmm: str, *, memory_mib: int, cmdline: str = "",
+              timeout: float = 60) -> tuple[GuestReport, float | None, int | None]:
+    """Boot test-kit guest ``name``; its report, spawn -> ``ready:`` line (s), exit status."""
+    argv = argv_for(vmm, guest_path(name), memory_mib=memory_mib, cmdline=cmdline)
+    out = bytearray()
+    ready: float | None = None
+    start = time.monotonic()
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL)
+    assert proc.stdout is not None
+    try:
+        while True:
+            chunk = os.read(proc.stdout.fileno(), 65536)
+            if not chunk:
+                break
+            out += chunk
+            if ready is None and b"\nready: " in out:
+                ready = time.monotonic() - start
+        status: int | None = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        status = None
+    finally:
+        proc.stdout.close()
+    return parse_output(out.decode("utf-8", "replace")), ready, status
 
 
 def host_tsc_khz() -> float:
@@ -61,7 +105,7 @@ def first_instruction_ms(memory_mib: int) -> float:
     """Spawn -> first KVM_RUN of the boot vCPU, from the VMM's own marks."""
     with tempfile.TemporaryDirectory() as tmp:
         stats = os.path.join(tmp, "stats.json")
-        argv = vnix_argv(guest_path("boot"), memory_mib=memory_mib) + ["--stats-json", stats]
+        argv = argv_for("vnix", guest_path("boot"), memory_mib=memory_mib) + ["--stats-json", stats]
         spawn = time.monotonic()
         subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                        stderr=subprocess.DEVNULL, timeout=60, check=False)
@@ -72,18 +116,23 @@ def first_instruction_ms(memory_mib: int) -> float:
     return (d["t0_monotonic"] + d["timings_ms"]["first_kvm_run"] / 1000 - spawn) * 1000
 
 
+def _passed(report: GuestReport, status: int | None) -> bool:
+    """As ``GuestRun.passed``: debug-exit 0, a complete report, every self-check ok."""
+    return status == DEBUG_EXIT_OK and report.complete and bool(report.checks) and all(report.checks.values())
+
+
 def ready_ms(vmm: str, memory_mib: int) -> float:
-    run = run_guest("boot", vmm=vmm, memory_mib=memory_mib)  # type: ignore[arg-type]
-    if not run.passed or run.ready_s is None:
-        raise SystemExit(f"boot guest failed: {run.summary()}")
-    return run.ready_s * 1000
+    report, ready, status = run_guest("boot", vmm, memory_mib=memory_mib)
+    if not _passed(report, status) or ready is None:
+        raise SystemExit(f"boot guest failed under {vmm} (status {status}): {report.failures}")
+    return ready * 1000
 
 
 def exit_us(vmm: str, n: int, tsc_khz: float) -> float:
-    run = run_guest("exits", vmm=vmm, cmdline=f"bench={n}", memory_mib=64)  # type: ignore[arg-type]
-    if not run.passed or "bench_out_cycles" not in run.extras:
-        raise SystemExit(f"exits guest failed: {run.summary()}")
-    return int(run.extras["bench_out_cycles"]) / tsc_khz * 1000
+    report, _, status = run_guest("exits", vmm, cmdline=f"bench={n}", memory_mib=64)
+    if not _passed(report, status) or "bench_out_cycles" not in report.extras:
+        raise SystemExit(f"exits guest failed under {vmm} (status {status}): {report.failures}")
+    return int(report.extras["bench_out_cycles"]) / tsc_khz * 1000
 
 
 def _smaps_overhead(pid: int, guest_bytes: int) -> float:
@@ -109,8 +158,7 @@ def _smaps_overhead(pid: int, guest_bytes: int) -> float:
 
 
 def overhead_mib(vmm: str, memory_mib: int) -> float:
-    elf = guest_path("serial")
-    argv = (qemu_argv if vmm == "qemu" else vnix_argv)(elf, memory_mib=memory_mib)
+    argv = argv_for(vmm, guest_path("serial"), memory_mib=memory_mib)
     proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL)
     assert proc.stdout and proc.stdin
