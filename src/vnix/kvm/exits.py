@@ -13,7 +13,6 @@ the page, so a corrupt page is reported as :class:`Unknown`, never as an out-of-
 from __future__ import annotations
 
 import struct
-from typing import Union
 
 from vnix.kvm import ioctls as k
 from vnix.kvm.structs import RUN_EXIT_REASON, RUN_EXIT_UNION
@@ -176,9 +175,15 @@ class Unknown(_Exit):
         _set(self, "reason", reason)
 
 
-Exit = Union[
-    IoOut, IoIn, MmioRead, MmioWrite, Hlt, Shutdown, SystemEvent, InternalError, FailEntry, Intr, Unknown
-]
+TYPE_CHECKING = False  # typing is not imported at VMM start-up (mypy reads this name as True)
+if TYPE_CHECKING:
+    from typing import Union
+
+    Exit = Union[
+        IoOut, IoIn, MmioRead, MmioWrite, Hlt, Shutdown, SystemEvent, InternalError, FailEntry, Intr, Unknown
+    ]
+else:
+    Exit = _Exit  # at run time: the common base of the exits above (a name for annotations)
 
 HLT = Hlt()
 SHUTDOWN = Shutdown()

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import errno
 import os
-from typing import Iterable
+from collections.abc import Iterable
 
 from vnix.kvm import KvmError, MissingCapability
 from vnix.kvm import ioctls as k

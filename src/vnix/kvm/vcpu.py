@@ -10,7 +10,7 @@ import errno
 import mmap
 import os
 from functools import partial
-from typing import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from vnix.kvm import KvmError
 from vnix.kvm import ioctls as k

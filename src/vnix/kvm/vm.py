@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import ctypes
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 from vnix.kvm import ioctls as k
 from vnix.kvm import structs as s

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 
 from vnix.vmm import ConfigError
+from vnix.vmm.record import Record  # plain classes: no dataclasses import at VMM start
 
 MIN_MEMORY_MIB = 16
 # Guest instruction sets (``uname -m`` names): the native VMM runs x86_64; QEMU (TCG) runs both.
@@ -45,43 +46,7 @@ def host_memory_mib() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1024 * 1024)
 
 
-class _Record:
-    """Base of the configuration records: keyword construction, ``==`` by fields, a readable
-    repr and :meth:`to_dict` (what ``dataclasses.asdict`` gave).
-
-    Plain slotted classes rather than ``@dataclass``: the VMM process imports this module at
-    start-up, and ``dataclasses`` (which pulls in ``inspect``, ``ast``, ``dis`` and ``tokenize``)
-    plus the ``exec`` each dataclass runs cost it ~9 ms. To add a field, add it to ``__slots__``
-    and ``__init__`` (same order: the JSON form and the repr follow ``__slots__``).
-    """
-
-    __slots__: tuple[str, ...] = ()
-
-    def __eq__(self, other: object) -> bool:
-        if type(other) is not type(self):
-            return NotImplemented
-        return all(getattr(self, n) == getattr(other, n) for n in self.__slots__)
-
-    __hash__ = None  # type: ignore[assignment]  # mutable, like a non-frozen dataclass
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__)
-        return f"{type(self).__name__}({args})"
-
-    def to_dict(self) -> dict[str, object]:
-        """Fields by name, nested records and lists of records as dicts (``asdict``'s shape)."""
-        return {n: _plain(getattr(self, n)) for n in self.__slots__}
-
-
-def _plain(value: object) -> object:
-    if isinstance(value, _Record):
-        return value.to_dict()
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return value
-
-
-class DiskConfig(_Record):
+class DiskConfig(Record):
     __slots__ = ("path", "readonly", "format")
 
     def __init__(self, path: str, readonly: bool = False, format: str = "raw") -> None:  # noqa: A002
@@ -90,7 +55,7 @@ class DiskConfig(_Record):
         self.format = format  # raw | qcow2
 
 
-class NetConfig(_Record):
+class NetConfig(Record):
     __slots__ = ("kind", "name", "bridge", "mac")
 
     def __init__(self, kind: str = "tap", name: str | None = None, bridge: str | None = None,
@@ -110,7 +75,7 @@ class NetConfig(_Record):
             raise ConfigError(f"net mac {self.mac!r} is not a unicast MAC address")
 
 
-class VsockConfig(_Record):
+class VsockConfig(Record):
     """virtio-vsock with Firecracker's Unix-socket host side (``--vsock cid=N,uds=PATH``)."""
 
     __slots__ = ("cid", "uds")
@@ -197,7 +162,7 @@ def parse_net(text: str) -> NetConfig:
     return net
 
 
-class MachineConfig(_Record):
+class MachineConfig(Record):
     """One VM. ``rng`` and ``balloon`` (both on by default) give the guest a virtio-rng and a
     virtio-balloon; with both off and no disk, NIC or vsock the VM has no virtio device at all,
     and the VMM process does not even import its PCI/virtio code (``--rng off --balloon off``:

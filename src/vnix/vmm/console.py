@@ -20,14 +20,12 @@ from __future__ import annotations
 
 import os
 import sys
-import termios
 import threading
-import tty
 
 # ``_socket``, not ``socket``: the wrapper module (and the ``selectors``/``enum`` work it does)
 # costs the VMM ~2 ms of start-up; the C module is all a Unix stream server needs.
 import _socket
-from typing import Callable
+from collections.abc import Callable
 
 from vnix.vmm.exitcodes import POWEROFF, Stop
 
@@ -142,6 +140,9 @@ class Console:
 
     def start(self) -> None:
         if self.interactive:
+            import termios  # a terminal only (termios and tty cost a VM on a pipe ~1 ms of start-up)
+            import tty
+
             try:
                 self._saved_tty = termios.tcgetattr(self.stdin_fd)
                 tty.setraw(self.stdin_fd)
@@ -154,6 +155,8 @@ class Console:
     def restore(self) -> None:
         """Give the terminal back as it was (idempotent)."""
         if self._saved_tty is not None:
+            import termios
+
             try:
                 termios.tcsetattr(self.stdin_fd, termios.TCSADRAIN, self._saved_tty)
             except termios.error:

@@ -28,7 +28,7 @@ before the VMM's own error handling is in place).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from vnix.vmm.record import FrozenRecord, _set
 
 POWEROFF = 0
 BAD_CONFIG = 2
@@ -47,14 +47,19 @@ def debug_exit_status(value: int) -> int:
     return ((value << 1) | 1) & 0xFF
 
 
-@dataclass(frozen=True)
-class Stop:
+class Stop(FrozenRecord):
     """Why the VM stops: the process exit status and a short human reason.
 
     ``report`` is False for endings the guest asked for on purpose and that QEMU does not
     comment on either (poweroff, isa-debug-exit): their reason is not printed on stderr.
     """
 
+    __slots__ = ("status", "reason", "report")
     status: int
     reason: str
-    report: bool = True
+    report: bool
+
+    def __init__(self, status: int, reason: str, report: bool = True) -> None:
+        _set(self, "status", status)
+        _set(self, "reason", reason)
+        _set(self, "report", report)

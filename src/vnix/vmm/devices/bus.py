@@ -13,30 +13,38 @@ from __future__ import annotations
 
 import bisect
 from collections import Counter
-from dataclasses import dataclass
-from typing import Protocol
 
 from vnix.vmm import VmmError
+from vnix.vmm.record import FrozenRecord, _set
+
+TYPE_CHECKING = False  # no typing import at VMM start-up (mypy reads this name as True)
+if TYPE_CHECKING:
+    from typing import Protocol
+
+    class BusDevice(Protocol):
+        """What a bus calls. ``offset`` is relative to the start of the device's range."""
+
+        def read(self, offset: int, size: int) -> bytes: ...
+
+        def write(self, offset: int, data: bytes) -> None: ...
 
 
 class BusError(VmmError):
     """A device range that cannot be placed (host-side wiring error)."""
 
 
-class BusDevice(Protocol):
-    """What a bus calls. ``offset`` is relative to the start of the device's range."""
-
-    def read(self, offset: int, size: int) -> bytes: ...
-
-    def write(self, offset: int, data: bytes) -> None: ...
-
-
-@dataclass(frozen=True)
-class BusRange:
+class BusRange(FrozenRecord):
+    __slots__ = ("base", "length", "device", "name")
     base: int
     length: int
     device: BusDevice
     name: str
+
+    def __init__(self, base: int, length: int, device: BusDevice, name: str) -> None:
+        _set(self, "base", base)
+        _set(self, "length", length)
+        _set(self, "device", device)
+        _set(self, "name", name)
 
     @property
     def end(self) -> int:

@@ -30,8 +30,7 @@ From the ACPI 6.4 specification (chapter 5):
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
-from typing import Sequence
+from collections.abc import Sequence
 
 from vnix.vmm.arch.x86 import aml
 from vnix.vmm.arch.x86.layout import (
@@ -43,6 +42,7 @@ from vnix.vmm.arch.x86.layout import (
     PIT_IOAPIC_PIN,
 )
 from vnix.vmm.memory import GuestMemory
+from vnix.vmm.record import FrozenRecord, _set
 
 OEM_ID = b"VNIX  "  # 6 bytes
 OEM_TABLE_ID = b"VNIXVMM "  # 8 bytes
@@ -73,13 +73,18 @@ MADT_PCAT_COMPAT = 1
 MADT_LAPIC_ENABLED = 1
 
 
-@dataclass(frozen=True)
-class AcpiMmioDevice:
+class AcpiMmioDevice(FrozenRecord):
     """A virtio-mmio window to describe in the DSDT (Linux: _HID "LNRO0005")."""
 
+    __slots__ = ("base", "size", "gsi")
     base: int
     size: int
     gsi: int
+
+    def __init__(self, base: int, size: int, gsi: int) -> None:
+        _set(self, "base", base)
+        _set(self, "size", size)
+        _set(self, "gsi", gsi)
 
 
 def checksum(data: bytes | bytearray) -> int:

@@ -22,10 +22,9 @@ is a :class:`vnix.vmm.BootError` with one line naming the file and what is wrong
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 from vnix.vmm import BootError, GuestMemoryError
-from vnix.vmm.arch.x86 import bootparams as bp
 from vnix.vmm.arch.x86 import elf
 from vnix.vmm.arch.x86.acpi import AcpiMmioDevice, write_acpi_tables
 from vnix.vmm.arch.x86.cpu_state import BootCpuState
@@ -56,6 +55,13 @@ from vnix.vmm.arch.x86.paging import (
 )
 from vnix.vmm.arch.x86.pvh import write_start_info
 from vnix.vmm.memory import GuestMemory
+
+TYPE_CHECKING = False  # mypy reads this name as True
+if TYPE_CHECKING:
+    from vnix.vmm.arch.x86 import bootparams as bp
+
+# ``bootparams`` (the Linux zero page) is imported by the Linux loaders only: a PVH guest's start
+# does not pay for it.
 
 LINUX_COMMAND_LINE_SIZE = 2048  # arch/x86/include/asm/setup.h, for a vmlinux without a header
 BZIMAGE_64BIT_ENTRY_OFFSET = 0x200  # boot.rst: 64-bit entry = load address + 0x200
@@ -137,7 +143,9 @@ def load_kernel(mem: GuestMemory, kernel_path: str, initrd_path: str | None, cmd
         state = _load_vmlinux(mem, kernel_path, data, image, initrd_path, initrd, cmdline, rsdp)
         state.cmdline = cmdline
         return state
-    if bp.has_setup_header(data):
+    from vnix.vmm.arch.x86.bootparams import has_setup_header
+
+    if has_setup_header(data):
         cmdline = with_options(cmdline, linux_cmdline_extra)
         state = _load_bzimage(mem, kernel_path, data, initrd_path, initrd, cmdline, rsdp,
                               unpack_on_host=unpack_on_host)
@@ -152,6 +160,8 @@ def load_kernel(mem: GuestMemory, kernel_path: str, initrd_path: str | None, cmd
 def _load_bzimage(mem: GuestMemory, path: str, data: bytes, initrd_path: str | None,
                   initrd: bytes | None, cmdline: str, rsdp: int, *,
                   unpack_on_host: bool = False) -> BootCpuState:
+    from vnix.vmm.arch.x86 import bootparams as bp
+
     if len(data) < MIN_BZIMAGE_SIZE:
         raise BootError(f"kernel {path} is truncated: {len(data)} bytes, shorter than a setup "
                         f"header")
@@ -318,6 +328,8 @@ def _load_vmlinux(mem: GuestMemory, path: str, data: bytes, image: elf.ElfImage,
                   cmdline_limit: int = LINUX_COMMAND_LINE_SIZE - 1) -> BootCpuState:
     """A 64-bit vmlinux by its segments, entered at e_entry with boot_params; ``params`` is
     the bzImage's own header when the vmlinux came out of one, else a synthetic one."""
+    from vnix.vmm.arch.x86 import bootparams as bp
+
     if not image.is_64bit or image.machine != elf.EM_X86_64:
         raise BootError(f"kernel {path} is a 32-bit ELF without a PVH entry note "
                         f"(XEN_ELFNOTE_PHYS32_ENTRY); vnix cannot start it")

@@ -16,9 +16,9 @@ into boot_params, because the setup header sits at 0x1f1 in both.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 
 from vnix.vmm.arch.x86.layout import E820Entry
+from vnix.vmm.record import FrozenRecord, Record, _set
 
 ZERO_PAGE_SIZE = 4096
 
@@ -75,10 +75,11 @@ def version_str(version: int) -> str:
     return f"{version >> 8}.{version & 0xFF:02d}"
 
 
-@dataclass(frozen=True)
-class SetupHeader:
+class SetupHeader(FrozenRecord):
     """The fields of a bzImage's setup header vnix uses, read straight from the file."""
 
+    __slots__ = ("setup_sects", "syssize", "version", "loadflags", "initrd_addr_max", "kernel_alignment",
+                 "relocatable", "xloadflags", "cmdline_size", "pref_address", "init_size", "header_end")
     setup_sects: int
     syssize: int
     version: int
@@ -91,6 +92,22 @@ class SetupHeader:
     pref_address: int
     init_size: int
     header_end: int  # first byte past the setup header (0x202 + jump offset)
+
+    def __init__(self, setup_sects: int, syssize: int, version: int, loadflags: int, initrd_addr_max: int,
+                 kernel_alignment: int, relocatable: bool, xloadflags: int, cmdline_size: int, pref_address: int,
+                 init_size: int, header_end: int) -> None:
+        _set(self, "setup_sects", setup_sects)
+        _set(self, "syssize", syssize)
+        _set(self, "version", version)
+        _set(self, "loadflags", loadflags)
+        _set(self, "initrd_addr_max", initrd_addr_max)
+        _set(self, "kernel_alignment", kernel_alignment)
+        _set(self, "relocatable", relocatable)
+        _set(self, "xloadflags", xloadflags)
+        _set(self, "cmdline_size", cmdline_size)
+        _set(self, "pref_address", pref_address)
+        _set(self, "init_size", init_size)
+        _set(self, "header_end", header_end)
 
     @property
     def setup_size(self) -> int:
@@ -128,11 +145,13 @@ def read_setup_header(data: bytes) -> SetupHeader:
     )
 
 
-@dataclass
-class BootParams:
+class BootParams(Record):
     """A zero page under construction; ``bytes()`` gives the 4 KiB to write at ZERO_PAGE_ADDR."""
 
-    page: bytearray
+    __slots__ = ("page",)
+
+    def __init__(self, page: bytearray) -> None:
+        self.page = page
 
     @classmethod
     def from_kernel(cls, data: bytes, header: SetupHeader) -> BootParams:

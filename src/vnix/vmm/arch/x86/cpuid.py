@@ -18,8 +18,7 @@ Firecracker's ``cpuid`` normalisation and QEMU's ``-cpu host``:
 """
 from __future__ import annotations
 
-from dataclasses import replace
-from typing import Sequence
+from collections.abc import Sequence
 
 from vnix.vmm.arch.x86.cpu_state import CpuidEntry
 from vnix.vmm.arch.x86.hostcpu import HostCpu, host_is_software_nested, linux_cmdline_workarounds
@@ -115,18 +114,18 @@ def guest_cpuid(supported: list[CpuidEntry], vcpu_id: int, nr_vcpus: int, *,
                 ecx &= ~(ECX_CX16 | ECX_PCID)
             edx = e.edx & ~(EDX_DS | EDX_ACPI | EDX_TM | EDX_PBE)
             edx = edx | EDX_HTT if nr_vcpus > 1 else edx & ~EDX_HTT
-            out.append(replace(e, ebx=ebx, ecx=ecx, edx=edx))
+            out.append(e.replace(ebx=ebx, ecx=ecx, edx=edx))
         elif f == 4 and not is_amd:
             cache_level = (e.eax >> 5) & 0x7
             sharing = nr_vcpus - 1 if cache_level == 3 else 0
             eax = (e.eax & 0x3FFF) | ((sharing & 0xFFF) << 14) | (((nr_vcpus - 1) & 0x3F) << 26)
-            out.append(replace(e, eax=eax if e.eax & 0x1F else e.eax))
+            out.append(e.replace(eax=eax if e.eax & 0x1F else e.eax))
         elif f == 5:
-            out.append(replace(e, eax=0, ebx=0, ecx=0, edx=0))
+            out.append(e.replace(eax=0, ebx=0, ecx=0, edx=0))
         elif f == 6:
-            out.append(replace(e, eax=e.eax & LEAF6_ARAT, ebx=0, ecx=0, edx=0))
+            out.append(e.replace(eax=e.eax & LEAF6_ARAT, ebx=0, ecx=0, edx=0))
         elif f == 0xA and not expose_pmu:
-            out.append(replace(e, eax=0, ebx=0, ecx=0, edx=0))
+            out.append(e.replace(eax=0, ebx=0, ecx=0, edx=0))
         elif f in (0xB, 0x1F):
             if f not in topology_done:
                 out.extend(_topology_leaf(f, apic_id, nr_vcpus))
@@ -134,13 +133,13 @@ def guest_cpuid(supported: list[CpuidEntry], vcpu_id: int, nr_vcpus: int, *,
         elif f == KVM_SIGNATURE_LEAF:
             continue  # rewritten below
         elif f == 0x80000001:
-            out.append(replace(e, ecx=e.ecx & ~EXT_ECX_SVM))
+            out.append(e.replace(ecx=e.ecx & ~EXT_ECX_SVM))
         elif f == 0x80000008 and is_amd:
             core_shift = (nr_vcpus - 1).bit_length()
             ecx = (e.ecx & ~0xF0FF) | (core_shift << 12) | ((nr_vcpus - 1) & 0xFF)
-            out.append(replace(e, ecx=ecx))
+            out.append(e.replace(ecx=ecx))
         elif f == 0x8000001E and is_amd:
-            out.append(replace(e, eax=apic_id, ebx=e.ebx & ~0xFF | vcpu_id & 0xFF))
+            out.append(e.replace(eax=apic_id, ebx=e.ebx & ~0xFF | vcpu_id & 0xFF))
         else:
             out.append(e)
     if 0xB not in topology_done and _max_basic_leaf(supported) >= 0xB:

@@ -16,7 +16,8 @@ raises :class:`ElfError` with a one-line reason, never an IndexError or struct.e
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+
+from vnix.vmm.record import FrozenRecord, _set
 
 ELF_MAGIC = b"\x7fELF"
 ELFCLASS32 = 1
@@ -36,22 +37,36 @@ class ElfError(ValueError):
     """The file is not an ELF we can load (the boot loader turns it into a BootError)."""
 
 
-@dataclass(frozen=True)
-class Segment:
+class Segment(FrozenRecord):
+    __slots__ = ("offset", "paddr", "vaddr", "filesz", "memsz")
     offset: int
     paddr: int
     vaddr: int
     filesz: int
     memsz: int
 
+    def __init__(self, offset: int, paddr: int, vaddr: int, filesz: int, memsz: int) -> None:
+        _set(self, "offset", offset)
+        _set(self, "paddr", paddr)
+        _set(self, "vaddr", vaddr)
+        _set(self, "filesz", filesz)
+        _set(self, "memsz", memsz)
 
-@dataclass(frozen=True)
-class ElfImage:
+
+class ElfImage(FrozenRecord):
+    __slots__ = ("elf_class", "machine", "entry", "segments", "pvh_entry")
     elf_class: int  # ELFCLASS32 or ELFCLASS64
     machine: int
     entry: int
     segments: list[Segment]
     pvh_entry: int | None  # XEN_ELFNOTE_PHYS32_ENTRY, if present
+
+    def __init__(self, elf_class: int, machine: int, entry: int, segments: list[Segment], pvh_entry: int | None) -> None:
+        _set(self, "elf_class", elf_class)
+        _set(self, "machine", machine)
+        _set(self, "entry", entry)
+        _set(self, "segments", segments)
+        _set(self, "pvh_entry", pvh_entry)
 
     @property
     def is_64bit(self) -> bool:

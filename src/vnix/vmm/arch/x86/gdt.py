@@ -17,11 +17,10 @@ Boot GDTs:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from vnix.vmm.arch.x86.cpu_state import DescriptorTable, Segment
 from vnix.vmm.arch.x86.layout import BOOT_GDT_ADDR, BOOT_GDT_MAX_ENTRIES, BOOT_IDT_ADDR
 from vnix.vmm.memory import GuestMemory
+from vnix.vmm.record import FrozenRecord, _set
 
 # descriptor types (SDM 3.4.5.1 / 3.5): code execute/read accessed, data read/write accessed,
 # busy TSS (32/64-bit), LDT
@@ -77,16 +76,24 @@ def segment_from_entry(entry: int, index: int) -> Segment:
     )
 
 
-@dataclass(frozen=True)
-class BootSegments:
+class BootSegments(FrozenRecord):
     """What a boot GDT gives the vCPU: table registers and the segment registers to load."""
 
+    __slots__ = ("gdt", "idt", "code", "data", "tss", "ldt")
     gdt: DescriptorTable
     idt: DescriptorTable
     code: Segment
     data: Segment
     tss: Segment
     ldt: Segment
+
+    def __init__(self, gdt: DescriptorTable, idt: DescriptorTable, code: Segment, data: Segment, tss: Segment, ldt: Segment) -> None:
+        _set(self, "gdt", gdt)
+        _set(self, "idt", idt)
+        _set(self, "code", code)
+        _set(self, "data", data)
+        _set(self, "tss", tss)
+        _set(self, "ldt", ldt)
 
 
 def _write(mem: GuestMemory, entries: list[int]) -> tuple[DescriptorTable, DescriptorTable]:

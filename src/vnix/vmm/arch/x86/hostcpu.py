@@ -6,16 +6,23 @@ VMM adds :func:`linux_cmdline_workarounds` to a Linux guest's command line.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 import os
 
+from vnix.vmm.record import FrozenRecord, _set
 
-@dataclass(frozen=True)
-class HostCpu:
+
+class HostCpu(FrozenRecord):
+    __slots__ = ("model_name", "vendor", "flags", "logical_cpus")
     model_name: str
     vendor: str
     flags: frozenset[str]
     logical_cpus: int
+
+    def __init__(self, model_name: str, vendor: str, flags: frozenset[str], logical_cpus: int) -> None:
+        _set(self, "model_name", model_name)
+        _set(self, "vendor", vendor)
+        _set(self, "flags", flags)
+        _set(self, "logical_cpus", logical_cpus)
 
     @classmethod
     def parse(cls, text: str) -> HostCpu:

@@ -25,9 +25,8 @@ The e820 map (``e820_map``) and the PVH memmap both come from this module; RAM r
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from vnix.vmm import ConfigError
+from vnix.vmm.record import FrozenRecord, _set
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -125,11 +124,16 @@ E820_ACPI = 3
 E820_NVS = 4
 
 
-@dataclass(frozen=True)
-class E820Entry:
+class E820Entry(FrozenRecord):
+    __slots__ = ("addr", "size", "type")
     addr: int
     size: int
     type: int
+
+    def __init__(self, addr: int, size: int, type: int) -> None:  # noqa: A002
+        _set(self, "addr", addr)
+        _set(self, "size", size)
+        _set(self, "type", type)
 
     @property
     def end(self) -> int:

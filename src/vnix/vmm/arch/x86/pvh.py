@@ -18,7 +18,6 @@ cmdline), the e820 table as memmap, and the RSDP it found.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 
 from vnix.vmm.arch.x86.layout import (
     PVH_INFO_ADDR,
@@ -28,6 +27,7 @@ from vnix.vmm.arch.x86.layout import (
     E820Entry,
 )
 from vnix.vmm.memory import GuestMemory
+from vnix.vmm.record import FrozenRecord, _set
 
 XEN_HVM_START_MAGIC_VALUE = 0x336EC578
 START_INFO_FMT = "<IIIIQQQQII"
@@ -35,8 +35,8 @@ MODLIST_FMT = "<QQQQ"
 MEMMAP_FMT = "<QQII"
 
 
-@dataclass(frozen=True)
-class StartInfo:
+class StartInfo(FrozenRecord):
+    __slots__ = ("magic", "version", "flags", "nr_modules", "modlist_paddr", "cmdline_paddr", "rsdp_paddr", "memmap_paddr", "memmap_entries")
     magic: int
     version: int
     flags: int
@@ -46,6 +46,17 @@ class StartInfo:
     rsdp_paddr: int
     memmap_paddr: int
     memmap_entries: int
+
+    def __init__(self, magic: int, version: int, flags: int, nr_modules: int, modlist_paddr: int, cmdline_paddr: int, rsdp_paddr: int, memmap_paddr: int, memmap_entries: int) -> None:
+        _set(self, "magic", magic)
+        _set(self, "version", version)
+        _set(self, "flags", flags)
+        _set(self, "nr_modules", nr_modules)
+        _set(self, "modlist_paddr", modlist_paddr)
+        _set(self, "cmdline_paddr", cmdline_paddr)
+        _set(self, "rsdp_paddr", rsdp_paddr)
+        _set(self, "memmap_paddr", memmap_paddr)
+        _set(self, "memmap_entries", memmap_entries)
 
     @classmethod
     def read(cls, mem: GuestMemory, addr: int = PVH_INFO_ADDR) -> StartInfo:
