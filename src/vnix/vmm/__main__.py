@@ -42,10 +42,12 @@ USAGE = (
     "       [--disk PATH[,format=raw|qcow2][,readonly=on]]... [--net tap[,name=T][,bridge=B][,mac=M]]...\n"
     "       [--balloon SIZE|off] [--rng on|off] [--vsock cid=N,uds=PATH] [--api-sock PATH]\n"
     "       [--serial unix:PATH]\n"
+    "       python -m vnix.vmm --restore SNAPSHOT [--memory-backing copy|private-mmap] [--disk ...]...\n"
+    "       [--net ...]... [--vsock cid=N,uds=PATH] [--api-sock PATH] [--serial unix:PATH] [--stats-json PATH]\n"
 )
 _LIST_FLAGS = ("--disk", "--net")  # repeatable; added to the config's disks / nets (issue 3)
 _VALUE_FLAGS = ("--config", "--kernel", "--initrd", "--cmdline", "--memory", "--cpus", "--stats-json",
-                "--balloon", "--vsock", "--api-sock", "--serial", "--rng")
+                "--balloon", "--vsock", "--api-sock", "--serial", "--rng", "--restore", "--memory-backing")
 _BOOL_FLAGS = ("--debug-exit", "--flat", "--stats")
 
 
@@ -70,6 +72,8 @@ class Args:
         self.vsock: str | None = None
         self.rng: str | None = None
         self.api_sock: str | None = None
+        self.restore: str | None = None  # --restore PATH: start from a snapshot (vnix.vmm.snapshot.process)
+        self.memory_backing: str | None = None
         self.serial: str | None = None
 
 
@@ -190,12 +194,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.help:
             sys.stdout.write(USAGE)
             return 0
-        config = config_from_args(args)
         api_sock, serial_sock = socket_paths(args)
-        from vnix.vmm.machine import Machine, flat_loader, linux_loader
+        if args.restore is not None:
+            from vnix.vmm.snapshot.process import restore_from_args
 
-        machine = Machine(config, stats, loader=flat_loader if args.flat else linux_loader)
-        machine.build()
+            machine = restore_from_args(args, stats)
+        else:
+            config = config_from_args(args)
+            from vnix.vmm.machine import Machine, flat_loader, linux_loader
+
+            machine = Machine(config, stats, loader=flat_loader if args.flat else linux_loader)
+            machine.build()
         try:
             if serial_sock is not None:
                 machine.console.listen(serial_sock)

@@ -20,7 +20,7 @@ import signal
 import struct
 import sys
 import threading
-from typing import Callable, Protocol
+from typing import TYPE_CHECKING, Callable, Literal, Protocol
 
 from vnix.kvm import Kvm, Vcpu, Vm
 from vnix.kvm import ioctls as k
@@ -35,6 +35,10 @@ from vnix.vmm.exitcodes import POWEROFF, REBOOT, Stop
 from vnix.vmm.memory import GuestMemory
 from vnix.vmm.stats import Stats
 from vnix.vmm.vcpu import VcpuThread, install_kick_handler
+
+if TYPE_CHECKING:
+    from vnix.vmm.snapshot import MachineSnapshot, SnapshotOverrides
+    from vnix.vmm.snapshot.dirty import DirtyTracker
 
 TSS_ADDR = 0xFFFBD000
 IDENTITY_MAP_ADDR = 0xFFFBC000
@@ -197,6 +201,7 @@ class Machine:
         self._pause_lock = threading.Lock()  # not _lock: a vCPU may request_stop while we wait for it
         self.graceful_stop = False  # Ctrl-Alt-Del sent through the control API: a reboot means stop
         self.api: object | None = None  # the control API server (vnix.vmm.api), if --api-sock
+        self.dirty: DirtyTracker | None = None  # vnix.vmm.snapshot: pages changed since the last snapshot
 
     # -- stopping -------------------------------------------------------------------------------
     def request_stop(self, stop: Stop) -> None:
@@ -219,17 +224,38 @@ class Machine:
 
     # -- pausing (the control API; a snapshot pauses first) ----------------------------------
     def pause(self) -> None:
-        """Every vCPU out of KVM_RUN and held there; devices keep their state."""
+        """Every vCPU out of KVM_RUN and held there, then every device thread held between two
+        requests (queues quiescent, as a snapshot needs); devices keep their state."""
         with self._pause_lock:
             for t in self.threads:
                 t.pause()
+            for fn in self._pci_functions():
+                fn.worker.pause()
             self.paused = True
 
     def resume(self) -> None:
         with self._pause_lock:
+            for fn in self._pci_functions():
+                fn.worker.resume()
             for t in self.threads:
                 t.resume()
             self.paused = False
+
+    def _pci_functions(self) -> list:  # type: ignore[type-arg]
+        pci = getattr(self, "pci", None)
+        return list(pci.functions.values()) if pci is not None else []
+
+    # -- snapshots (vnix.vmm.snapshot) ----------------------------------------------------------
+    @classmethod
+    def from_snapshot(cls, snap: MachineSnapshot, stats: Stats, *,
+                      memory_backing: Literal["copy", "private-mmap"] = "copy",
+                      overrides: SnapshotOverrides | None = None, console: Console | None = None) -> Machine:
+        """A machine rebuilt from a loaded snapshot (:func:`vnix.vmm.snapshot.load_snapshot`),
+        ready to :meth:`run`: see :func:`vnix.vmm.snapshot.restore.restore_machine`."""
+        from vnix.vmm.snapshot.restore import restore_machine
+
+        return restore_machine(cls, snap, stats, memory_backing=memory_backing, overrides=overrides,
+                               console=console)
 
     # -- building -------------------------------------------------------------------------------
     def build(self) -> None:
@@ -268,14 +294,16 @@ class Machine:
         state = self._loader(mem, cfg.kernel, cfg.initrd, cfg.cmdline, cfg.cpus)
         load_boot_state(vcpus[0], state)
         self.parts = MachineParts(kvm, vm, mem, vcpus)
+        self._make_threads(vcpus, mem)
+        self.stats.mark("vm_created")
 
+    def _make_threads(self, vcpus: list[Vcpu], mem: GuestMemory) -> None:
         for vcpu in vcpus:
             on_first = (lambda: self.stats.mark("first_kvm_run")) if vcpu.id == 0 else None
             self.threads.append(
                 VcpuThread(vcpu, self.pio, self.mmio, self.stats.counters_for_vcpu(), self.request_stop, on_first,
                            read_guest=mem.read)
             )
-        self.stats.mark("vm_created")
 
     def set_gsi_routes(self, vm: Vm, extra: list[ks.kvm_irq_routing_entry]) -> None:
         """Install the PC's legacy routes (``layout.legacy_gsi_routes``: ISA IRQ 0 -> IOAPIC pin 2
@@ -297,7 +325,8 @@ class Machine:
         self.i8042 = i8042.I8042(reset, irq(i8042.IRQ_KEYBOARD))
         self.pio.insert(i8042.DATA_PORT, I8042_PORT_COUNT, _I8042Window(self.i8042), "i8042")
         below_4g = sum(min(r.end, 1 << 32) - r.guest_addr for r in mem if r.guest_addr < 1 << 32)
-        self.pio.insert(rtc.INDEX_PORT, CMOS_PORT_COUNT, rtc.Rtc(below_4g, mem.size - below_4g), "cmos")
+        self.rtc = rtc.Rtc(below_4g, mem.size - below_4g)
+        self.pio.insert(rtc.INDEX_PORT, CMOS_PORT_COUNT, self.rtc, "cmos")
         self.pio.insert(pvpanic.PORT, 1, pvpanic.PvPanic(self.request_stop), "pvpanic")
         self.pio.insert(acpi.BASE_PORT, acpi.PORT_COUNT, acpi.AcpiRegisters(self.request_stop), "acpi")
         if self.config.debug_exit:

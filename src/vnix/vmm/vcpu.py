@@ -21,6 +21,7 @@ import enum
 import signal
 import sys
 import threading
+from dataclasses import dataclass, field
 from typing import Callable
 
 from vnix.kvm import KvmError, Vcpu
@@ -327,3 +328,82 @@ def _system_event_stop(etype: int, vcpu_id: int) -> Stop:
     if etype == k.KVM_SYSTEM_EVENT_CRASH:
         return Stop(GUEST_PANIC, "guest crashed (KVM_SYSTEM_EVENT_CRASH)")
     return Stop(VMM_FAILURE, f"vCPU {vcpu_id}: unknown system event {etype}")
+
+
+# -- snapshots -------------------------------------------------------------------------------------
+@dataclass
+class VcpuState:
+    """Everything KVM keeps for one vCPU, each piece as the raw bytes of its KVM struct
+    (sizes checked on restore). ``msrs`` are (index, value) pairs: the MSRs KVM lists as
+    saveable (KVM_GET_MSR_INDEX_LIST) that it also lets us read, the TSC among them."""
+
+    id: int
+    cpuid: bytes  # kvm_cpuid_entry2 entries, back to back
+    regs: bytes
+    sregs: bytes
+    fpu: bytes
+    xsave: bytes
+    xcrs: bytes
+    lapic: bytes
+    debugregs: bytes
+    events: bytes
+    mp_state: int
+    msrs: list[list[int]] = field(default_factory=list)
+
+
+def readable_msrs(vcpu: Vcpu, indices: list[int]) -> list[int]:
+    """``indices`` minus the MSRs KVM refuses to read on this vCPU. KVM_GET_MSRS stops at the
+    first refusal and says how many it read, so each refusal costs one more call."""
+    keep: list[int] = []
+    rest = list(indices)
+    while rest:
+        got = vcpu.get_msrs(rest)
+        keep += [i for i in rest[: len(got)] if i in got]
+        rest = rest[len(got) + 1 :]  # skip the refused one
+    return keep
+
+
+def save_vcpu_state(vcpu: Vcpu, msr_indices: list[int]) -> VcpuState:
+    """The vCPU must be out of KVM_RUN (paused), its last I/O completed by KVM_RUN."""
+    msrs = vcpu.get_msrs(msr_indices)
+    cpuid = vcpu.get_cpuid2()
+    return VcpuState(
+        vcpu.id, b"".join(bytes(e) for e in cpuid), bytes(vcpu.get_regs()), bytes(vcpu.get_sregs()),
+        bytes(vcpu.get_fpu()), bytes(vcpu.get_xsave()), bytes(vcpu.get_xcrs()), bytes(vcpu.get_lapic()),
+        bytes(vcpu.get_debugregs()), bytes(vcpu.get_vcpu_events()), vcpu.get_mp_state(),
+        [[i, msrs[i]] for i in msr_indices if i in msrs],
+    )
+
+
+def _struct(cls: type, raw: bytes, what: str):  # type: ignore[no-untyped-def]
+    import ctypes
+
+    if len(raw) != ctypes.sizeof(cls):
+        raise VmmError(f"vCPU state {what} is {len(raw)} bytes, KVM's struct is {ctypes.sizeof(cls)}")
+    return cls.from_buffer_copy(raw)
+
+
+def restore_vcpu_state(vcpu: Vcpu, state: VcpuState) -> None:
+    """Load ``state`` into a freshly created vCPU, in the order KVM needs: CPUID first; special
+    registers (APIC base, EFER) before the LAPIC; the LAPIC before the MSRs (a TSC-deadline
+    value is only taken in TSC-deadline mode), the TSC before the TSC deadline (list order);
+    events and MP state last."""
+    import ctypes
+
+    from vnix.kvm import structs as ks
+
+    esize = ctypes.sizeof(ks.kvm_cpuid_entry2)
+    if len(state.cpuid) % esize or len(state.cpuid) // esize > k.KVM_MAX_CPUID_ENTRIES:
+        raise VmmError(f"vCPU {state.id}: CPUID state of {len(state.cpuid)} bytes is not a list of entries")
+    vcpu.set_cpuid2([ks.kvm_cpuid_entry2.from_buffer_copy(state.cpuid, i) for i in range(0, len(state.cpuid), esize)])
+    vcpu.set_sregs(_struct(ks.kvm_sregs, state.sregs, "sregs"))
+    vcpu.set_regs(_struct(ks.kvm_regs, state.regs, "regs"))
+    vcpu.set_fpu(_struct(ks.kvm_fpu, state.fpu, "fpu"))
+    vcpu.set_xsave(_struct(ks.kvm_xsave, state.xsave, "xsave"))
+    vcpu.set_xcrs(_struct(ks.kvm_xcrs, state.xcrs, "xcrs"))
+    vcpu.set_lapic(_struct(ks.kvm_lapic_state, state.lapic, "lapic"))
+    if state.msrs:
+        vcpu.set_msrs((int(i), int(v)) for i, v in state.msrs)
+    vcpu.set_debugregs(_struct(ks.kvm_debugregs, state.debugregs, "debugregs"))
+    vcpu.set_mp_state(state.mp_state)
+    vcpu.set_vcpu_events(_struct(ks.kvm_vcpu_events, state.events, "vcpu_events"))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
+from dataclasses import dataclass
 from typing import Callable
 
 DATA_PORT = 0x60
@@ -50,6 +51,15 @@ KBD_ACK = 0xFA
 KBD_RESET = 0xFF
 KBD_BAT_OK = 0xAA
 KBD_IDENTIFY = 0xF2
+
+
+@dataclass
+class I8042State:
+    ctr: int
+    status: int
+    outport: int
+    out: bytes  # bytes waiting for the guest at 0x60
+    expect: int | None  # a command waiting for its data byte
 
 
 class I8042:
@@ -161,3 +171,14 @@ class I8042:
         else:
             self._queue(KBD_ACK)
         return False
+
+    # -- snapshots ------------------------------------------------------------------------------
+    def save(self) -> I8042State:
+        with self._lock:
+            return I8042State(self.ctr, self.status, self.outport, bytes(self.out), self._expect)
+
+    def restore(self, state: I8042State) -> None:
+        with self._lock:
+            self.ctr, self.status, self.outport = state.ctr & 0xFF, state.status & 0xFF, state.outport & 0xFF
+            self.out = deque(state.out[:64])
+            self._expect = state.expect

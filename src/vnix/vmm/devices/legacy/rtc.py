@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import dataclass
 
 INDEX_PORT = 0x70
 
@@ -67,6 +68,17 @@ def _bcd(value: int) -> int:
 
 def _from_bcd(value: int) -> int:
     return (value >> 4) * 10 + (value & 0x0F)
+
+
+@dataclass
+class RtcState:
+    """The index register, the 128 bytes of CMOS, and the guest's clock as an offset from the
+    host's (so after a restore the RTC shows the host's time plus that offset, as a battery-backed
+    clock would)."""
+
+    index: int
+    cmos: bytes
+    offset: float
 
 
 class Rtc:
@@ -187,3 +199,16 @@ class Rtc:
                     self.cmos[reg] = value
             else:
                 self.cmos[reg] = value
+
+    # -- snapshots ------------------------------------------------------------------------------
+    def save(self) -> RtcState:
+        with self._lock:
+            return RtcState(self.index, bytes(self.cmos), self.offset)
+
+    def restore(self, state: RtcState) -> None:
+        if len(state.cmos) != len(self.cmos):
+            raise ValueError(f"RTC state has {len(state.cmos)} CMOS bytes, not {len(self.cmos)}")
+        with self._lock:
+            self.index = state.index & 0x7F
+            self.cmos[:] = state.cmos
+            self.offset = float(state.offset)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
+from dataclasses import dataclass
 from typing import Callable
 
 # IER bits
@@ -77,6 +78,25 @@ FIFO_SIZE = 16
 COM1_PORT = 0x3F8
 COM1_IRQ = 4
 PORT_COUNT = 8
+
+
+@dataclass
+class SerialState:
+    """The registers, the receive FIFO's bytes, the latched THRE interrupt and the IRQ line level."""
+
+    ier: int
+    lcr: int
+    mcr: int
+    lsr: int
+    msr: int
+    scr: int
+    dll: int
+    dlm: int
+    fcr: int
+    rx: bytes
+    thr_pending: bool
+    line: int
+    bytes_out: int = 0
 
 
 class Serial:
@@ -276,3 +296,21 @@ class Serial:
         if offset == 7:
             self.scr = value
         return None  # LSR and MSR writes are ignored (factory test only)
+
+    # -- snapshots ------------------------------------------------------------------------------
+    def save(self) -> SerialState:
+        with self._lock:
+            return SerialState(self.ier, self.lcr, self.mcr, self.lsr, self.msr, self.scr, self.dll, self.dlm,
+                               self.fcr, bytes(self.rx), self._thr_pending, self._line, self.bytes_out)
+
+    def restore(self, state: SerialState) -> None:
+        """Load ``state`` into a new UART. The IRQ line's level is taken as saved, not driven:
+        the in-kernel irqchip's own state (restored with it) already holds it."""
+        with self._lock:
+            self.ier, self.lcr, self.mcr = state.ier & 0x0F, state.lcr & 0xFF, state.mcr & 0x1F
+            self.lsr, self.msr, self.scr = state.lsr & 0xFF, state.msr & 0xFF, state.scr & 0xFF
+            self.dll, self.dlm, self.fcr = state.dll & 0xFF, state.dlm & 0xFF, state.fcr & (FCR_ENABLE | 0xC0)
+            self.rx = deque(state.rx[: self._capacity()])
+            self._thr_pending, self._line = bool(state.thr_pending), 1 if state.line else 0
+            self.bytes_out = state.bytes_out
+            self._set_room()

@@ -34,6 +34,9 @@ class Worker:
         self._epoll.register(self._stop_fd, select.EPOLLIN)
         self._thread: threading.Thread | None = None
         self._running = False
+        self._go = threading.Event()  # cleared while paused (a snapshot needs quiet queues)
+        self._go.set()
+        self._parked = threading.Event()
 
     def add(self, fd: int, handler: Callable[[], None]) -> None:
         self._handlers[fd] = handler
@@ -62,13 +65,30 @@ class Worker:
 
     def stop(self) -> None:
         self._running = False
+        self._go.set()
         os.eventfd_write(self._stop_fd, 1)
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(2.0)
         self._thread = None
 
+    def pause(self, timeout: float = 5.0) -> None:
+        """Hold the thread between two handlers (no device work runs until :meth:`resume`);
+        returns once it is held. Notifications that arrive meanwhile wait in their eventfds."""
+        self._go.clear()
+        os.eventfd_write(self._stop_fd, 1)
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._parked.wait(timeout)
+
+    def resume(self) -> None:
+        self._go.set()
+
     def _loop(self) -> None:
         while self._running:
+            if not self._go.is_set():
+                self._parked.set()
+                self._go.wait()
+                self._parked.clear()
+                continue
             try:
                 events = self._epoll.poll(1.0)
             except InterruptedError:

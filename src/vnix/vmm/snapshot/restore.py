@@ -1,0 +1,182 @@
+"""Rebuilding a machine from a snapshot (``Machine.from_snapshot``), in this order:
+
+1. the configuration saved in the snapshot, with the overrides of a clone (its own disks, taps
+   and MACs, vsock socket) put in place of the saved ones (same number of each);
+2. a KVM VM as :meth:`Machine.build` makes it (TSS, identity map, irqchip, PIT, legacy routes);
+3. guest RAM from the snapshot (copied, or mapped MAP_PRIVATE from the file), each slot
+   registered with dirty logging on so the next snapshot can be a diff;
+4. the devices built from the configuration, as at boot;
+5. the vCPUs, each given its saved state (:func:`vnix.vmm.vcpu.restore_vcpu_state`);
+6. PIC, IOAPIC and PIT state; then each device's ``restore``: serial (FIFO included), RTC,
+   i8042, the PCI host's address register, every virtio-pci function (config space, BAR,
+   MSI-X, GSI routes, status, queues, the device's own state), and every queue of a running
+   device kicked once so requests the guest posted before the snapshot are taken;
+7. kvmclock last (KVM_SET_CLOCK), right before the vCPU threads exist: the guest's clock goes on
+   from where it was saved, the time the snapshot spent on disk does not pass for it (the TSC,
+   restored with the MSRs, likewise).
+"""
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+from vnix.kvm import Kvm, KvmError
+from vnix.kvm import ioctls as k
+from vnix.kvm import structs as ks
+from vnix.vmm import VmmError
+from vnix.vmm.config import DiskConfig, MachineConfig, NetConfig, VsockConfig
+from vnix.vmm.devices.virtio.constants import STATUS_DRIVER_OK
+from vnix.vmm.snapshot.dirty import DirtyTracker
+from vnix.vmm.snapshot.errors import SnapshotError, SnapshotMismatch
+from vnix.vmm.snapshot.load import MachineSnapshot
+from vnix.vmm.vcpu import restore_vcpu_state
+
+if TYPE_CHECKING:
+    from vnix.vmm.console import Console
+    from vnix.vmm.machine import Machine
+    from vnix.vmm.stats import Stats
+
+
+@dataclass
+class SnapshotOverrides:
+    """What a clone changes. Lists replace the saved ones whole and must be as long (the guest
+    has that many devices); a net's MAC, when given, is what the guest reads from then on."""
+
+    disks: list[DiskConfig] | None = None
+    nets: list[NetConfig] | None = None
+    vsock: VsockConfig | None = None
+
+
+def effective_config(saved: MachineConfig, overrides: SnapshotOverrides | None) -> MachineConfig:
+    cfg = copy.copy(saved)
+    if overrides is None:
+        return cfg
+    if overrides.disks is not None:
+        if len(overrides.disks) != len(saved.disks):
+            raise SnapshotMismatch(f"the snapshot has {len(saved.disks)} disks, {len(overrides.disks)} given")
+        cfg.disks = list(overrides.disks)
+    if overrides.nets is not None:
+        if len(overrides.nets) != len(saved.nets):
+            raise SnapshotMismatch(f"the snapshot has {len(saved.nets)} network devices, {len(overrides.nets)} given")
+        cfg.nets = []
+        for net, old in zip(overrides.nets, saved.nets):
+            net = copy.copy(net)
+            net.mac = net.mac or old.mac
+            cfg.nets.append(net)
+    if overrides.vsock is not None:
+        if saved.vsock is None:
+            raise SnapshotMismatch("the snapshot has no vsock device")
+        cfg.vsock = overrides.vsock
+    return cfg
+
+
+def _check_devices(cfg: MachineConfig) -> None:
+    """What :meth:`MachineConfig.validate` checks of the devices (the kernel is not needed)."""
+    from vnix.vmm import ConfigError
+
+    for disk in cfg.disks:
+        if not os.path.isfile(disk.path):
+            raise ConfigError(f"disk {disk.path} does not exist")
+    for net in cfg.nets:
+        net.validate()
+    if cfg.vsock is not None:
+        cfg.vsock.validate()
+
+
+def _no_loader(*args: object) -> object:
+    raise SnapshotError("a restored machine loads no kernel")
+
+
+def restore_machine(cls: type[Machine], snap: MachineSnapshot, stats: Stats, *,
+                    memory_backing: Literal["copy", "private-mmap"] = "copy",
+                    overrides: SnapshotOverrides | None = None, console: Console | None = None) -> Machine:
+    from vnix.vmm.machine import IDENTITY_MAP_ADDR, TSS_ADDR, MachineParts
+
+    state = snap.state
+    saved = MachineConfig.from_json(state.config)
+    cfg = effective_config(saved, overrides)
+    _check_devices(cfg)
+    if len(state.vcpus) != cfg.cpus:
+        raise SnapshotError(f"snapshot has {len(state.vcpus)} vCPU states for {cfg.cpus} vCPUs")
+    machine = cls(cfg, stats, loader=_no_loader, console=console)  # type: ignore[arg-type]
+    try:
+        kvm = Kvm()
+        kvm.require()
+        vm = kvm.create_vm()
+        vm.set_tss_addr(TSS_ADDR)
+        vm.set_identity_map_addr(IDENTITY_MAP_ADDR)
+        vm.create_irqchip()
+        vm.create_pit2()
+        machine.set_gsi_routes(vm, [])
+        mem = snap.open_memory(memory_backing)
+        for slot, region in enumerate(mem):
+            vm.set_user_memory_region(slot, region.guest_addr, region.size, region.host_address,
+                                      k.KVM_MEM_LOG_DIRTY_PAGES)
+        stats.guest_ram_bytes = mem.size
+        machine._add_devices(vm, mem)
+        names = set(machine.pci.functions)
+        if names != set(state.pci):
+            raise SnapshotMismatch(f"snapshot devices {sorted(state.pci)} do not match the machine's {sorted(names)}")
+        vcpus = []
+        for vstate in state.vcpus:
+            vcpu = vm.create_vcpu(vstate.id)
+            restore_vcpu_state(vcpu, vstate)
+            vcpus.append(vcpu)
+        for chip, raw in zip((0, 1, 2), state.vm.irqchips):
+            vm.set_irqchip(_exact(ks.kvm_irqchip, raw, "irqchip"))
+        vm.set_pit2(_exact(ks.kvm_pit_state2, state.vm.pit2, "PIT"))
+        machine.serial.restore(state.serial)
+        machine.rtc.restore(state.rtc)
+        machine.i8042.restore(state.i8042)
+        machine.pci.host.address = state.pci_address
+        _restore_pci(machine, state.pci, overrides)
+        machine.parts = MachineParts(kvm, vm, mem, vcpus)
+        machine._make_threads(vcpus, mem)
+        machine.dirty = DirtyTracker(vm, mem, machine.pci.functions, snap.path, snap.snapshot_id).start(True)
+        _kick_queues(machine)
+        vm.set_clock(ks.kvm_clock_data(clock=state.vm.clock, flags=0))
+    except KvmError as exc:
+        raise SnapshotError(f"cannot restore the machine: {exc}") from None
+    except (ValueError, VmmError) as exc:
+        if isinstance(exc, SnapshotError):
+            raise
+        raise SnapshotError(f"cannot restore the machine: {exc}") from None
+    stats.mark("vm_created")
+    stats.mark("vm_restored")
+    return machine
+
+
+def _exact(cls: type, raw: bytes, what: str):  # type: ignore[no-untyped-def]
+    import ctypes
+
+    if not isinstance(raw, bytes) or len(raw) != ctypes.sizeof(cls):
+        raise SnapshotError(f"snapshot {what} state has the wrong size")
+    return cls.from_buffer_copy(raw)
+
+
+def _restore_pci(machine: Machine, states: dict, overrides: SnapshotOverrides | None) -> None:  # type: ignore[type-arg]
+    for name, fn in machine.pci.functions.items():
+        st = states[name]
+        if st.slot != fn.slot:
+            raise SnapshotMismatch(f"device {name} sits in PCI slot {fn.slot}, the snapshot has it in {st.slot}")
+        if len(st.msix_table) != fn.msix.count or len(st.control.queues) != len(fn.control.queues):
+            raise SnapshotMismatch(f"device {name} has another shape than in the snapshot")
+        fn.restore(st)
+        dev = fn.device
+        if overrides is not None and name.startswith("net") and overrides.nets is not None:
+            mac = overrides.nets[int(name[3:])].mac
+            if mac:
+                dev.mac = mac  # type: ignore[attr-defined]
+        if overrides is not None and name == "vsock" and overrides.vsock is not None:
+            dev.cid = overrides.vsock.cid  # type: ignore[attr-defined]
+
+
+def _kick_queues(machine: Machine) -> None:
+    """Requests posted before the snapshot whose notification the old process never handled."""
+    for fn in machine.pci.functions.values():
+        if fn.control.status & STATUS_DRIVER_OK and fn.device.active:
+            for q, fd in zip(fn.control.queues, fn.notify_fds):
+                if q.ready:
+                    os.eventfd_write(fd, 1)
