@@ -185,6 +185,7 @@ class UnixHttpServer:
             except HttpError as exc:
                 if exc.status:
                     _send(conn, Response(exc.status, {"error": str(exc)}))
+                    _drain(conn)
                 return
             if request is None:
                 return
@@ -211,3 +212,19 @@ def _send(conn: _socket.socket, response: Response) -> None:
         conn.sendall(encode(response))
     except OSError:
         pass  # the client went away
+
+
+def _drain(conn: _socket.socket, limit: int = MAX_BODY + MAX_HEAD) -> None:
+    """After an error answer to a request not read to its end: stop sending and read what the
+    client still sends (bounded), so closing does not reset the connection before the client
+    has read the answer (RFC 9112, 9.6 "Tear-down")."""
+    try:
+        conn.shutdown(_socket.SHUT_WR)
+        conn.settimeout(0.5)
+        while limit > 0:
+            chunk = conn.recv(min(65536, limit))
+            if not chunk:
+                return
+            limit -= len(chunk)
+    except OSError:
+        pass

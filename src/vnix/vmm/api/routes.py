@@ -36,6 +36,7 @@ import time
 from typing import TYPE_CHECKING, Any, Callable
 
 from vnix.vmm.api.http import HttpError, Request, Response
+from vnix.vmm.devices.legacy.i8042 import CTR_KBD_DISABLED
 from vnix.vmm.exitcodes import POWEROFF, Stop
 
 if TYPE_CHECKING:
@@ -122,15 +123,18 @@ class ControlApi:
                 return Response(200, {"state": "stopping", "graceful": False},
                                 after=lambda: self.m.request_stop(Stop(POWEROFF, "stopped through the control API")))
             self._require("stop gracefully", "running")
+            delivered = not self.m.i8042.ctr & CTR_KBD_DISABLED  # else the guest never sees the keys
             self.m.graceful_stop = True
-            delivered = self.m.i8042.send_ctrl_alt_del()
             if timeout is not None:
                 timer = threading.Timer(float(timeout), self._force_after, (float(timeout),))
                 timer.daemon = True
                 timer.start()
                 self._stop_timer = timer
+            # The keys go after the answer: a quick guest powers off (and the process ends)
+            # before an answer sent afterwards would leave.
             return Response(202, {"state": "stopping", "graceful": True, "method": "ctrl-alt-del",
-                                  "delivered": delivered, "force_after_s": timeout})
+                                  "delivered": delivered, "force_after_s": timeout},
+                            after=self.m.i8042.send_ctrl_alt_del)
 
     def _force_after(self, timeout: float) -> None:
         self.m.request_stop(Stop(POWEROFF, f"the guest did not stop within {timeout:g} s of Ctrl-Alt-Del: "
