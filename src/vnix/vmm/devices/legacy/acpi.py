@@ -16,7 +16,7 @@ supported and are ignored; the guest keeps running.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from vnix.vmm.exitcodes import POWEROFF, REBOOT, Stop
 

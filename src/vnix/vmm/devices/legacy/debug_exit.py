@@ -6,7 +6,7 @@ A write of value V to any of its ports ends the VMM with status ``(V << 1) | 1``
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from vnix.vmm.exitcodes import Stop, debug_exit_status
 

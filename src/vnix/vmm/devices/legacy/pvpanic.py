@@ -8,7 +8,7 @@ Bits the device did not offer are ignored.
 from __future__ import annotations
 
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 from vnix.vmm.exitcodes import GUEST_PANIC, Stop
 
