@@ -41,7 +41,8 @@ from vnix.hypervisor.state import LIVE_STATES, VmState, require, transition
 from vnix.vmm.api.client import ApiClientError, VmmApiError, VmmClient, VmmRequestError
 
 S = VmState
-_API_STATES = {"running": S.RUNNING, "paused": S.PAUSED, "starting": S.RUNNING}
+# ("stopping": Ctrl-Alt-Del sent, the guest still runs: RUNNING until the process ends)
+_API_STATES = {"running": S.RUNNING, "paused": S.PAUSED, "starting": S.RUNNING, "stopping": S.RUNNING}
 _MIGRATION = "live migration of native VMs is not implemented yet (a later issue)"
 
 

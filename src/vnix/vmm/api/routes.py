@@ -122,7 +122,11 @@ class ControlApi:
             if not graceful:  # also while a graceful stop is pending: the way to escalate
                 return Response(200, {"state": "stopping", "graceful": False},
                                 after=lambda: self.m.request_stop(Stop(POWEROFF, "stopped through the control API")))
-            self._require("stop gracefully", "running")
+            if not (self.m.graceful_stop and self.m._stop is None):  # pressing again is fine
+                self._require("stop gracefully", "running")
+            if self._stop_timer is not None:
+                self._stop_timer.cancel()
+                self._stop_timer = None
             delivered = not self.m.i8042.ctr & CTR_KBD_DISABLED  # else the guest never sees the keys
             self.m.graceful_stop = True
             if timeout is not None:

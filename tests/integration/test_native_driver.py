@@ -1,0 +1,177 @@
+"""The native driver as a user runs it: ``vnix agent --driver native`` with the test kit's
+``idle`` guest (a kernel image in the agent's store): start, console, pause, resume, info with
+exit counters and balloon, graceful and forced stop; the agent SIGKILLed and restarted while
+five native VMs run -> all still managed."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from vnix.testkit.runner import TESTKIT_DIR
+
+pytestmark = [pytest.mark.kvm,
+              pytest.mark.skipif(not os.access("/dev/kvm", os.R_OK | os.W_OK), reason="needs /dev/kvm")]
+TOKEN = "native-token"
+
+
+class Agent:
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.http = httpx.Client(base_url=f"http://127.0.0.1:{self.port}",
+                                 headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60)
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "vnix", "agent", "--listen", f"127.0.0.1:{self.port}", "--token", TOKEN,
+             "--data-dir", str(self.data_dir), "--driver", "native"],
+            stdout=subprocess.DEVNULL, stderr=open(self.data_dir / "agent.err", "ab"))
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if self.http.get("/host").status_code == 200:
+                    return
+            except httpx.TransportError:
+                time.sleep(0.1)
+        raise AssertionError((self.data_dir / "agent.err").read_text())
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def console(self, vm: str) -> list[str]:
+        return self.http.get(f"/vms/{vm}/console").json()["lines"]
+
+    def wait_console(self, vm: str, text: str, timeout: float = 20) -> list[str]:
+        deadline = time.monotonic() + timeout
+        lines: list[str] = []
+        while time.monotonic() < deadline:
+            lines = self.console(vm)
+            if any(text in ln for ln in lines):
+                return lines
+            time.sleep(0.1)
+        raise AssertionError(f"{vm}: {text!r} not in {lines}")
+
+    def ticks(self, vm: str) -> int:
+        return sum(1 for ln in self.console(vm) if ln.startswith("tick "))
+
+
+@pytest.fixture
+def agent(tmp_path: Path) -> Iterator[Agent]:
+    subprocess.run(["make", "-s", "-C", str(TESTKIT_DIR), "build/idle.elf"], check=True, capture_output=True)
+    data = tmp_path / "d"
+    data.mkdir()
+    a = Agent(data)
+    a.start()
+    r = a.http.post("/images", json={"name": "idle", "kernel": str(TESTKIT_DIR / "build" / "idle.elf")})
+    assert r.status_code == 201, r.text
+    yield a
+    for vm in a.http.get("/vms").json() if a.proc and a.proc.poll() is None else []:
+        a.http.delete(f"/vms/{vm['name']}")
+    if a.proc and a.proc.poll() is None:
+        a.proc.terminate()
+        a.proc.wait()
+    for pidfile in (data / "run" / "native").glob("*/pid"):  # never leave a VMM behind
+        try:
+            os.kill(int(pidfile.read_text()), signal.SIGKILL)
+        except (OSError, ValueError):
+            pass
+
+
+def test_native_vm_lifecycle_through_the_agent(agent: Agent) -> None:
+    r = agent.http.post("/vms", json={"name": "n1", "image": "idle", "memory": "64M", "driver": "native"})
+    assert r.status_code == 201, r.text
+    vm = r.json()
+    assert vm["state"] == "running" and vm["driver"] == "native" and vm["pid"]
+    agent.wait_console("n1", "tick 1")
+    agent.http.post("/vms/n1/console", json={"text": "typed-through-agent\n"})
+    agent.wait_console("n1", "echo: typed-through-agent")
+
+    assert agent.http.post("/vms/n1/pause").json()["state"] == "paused"
+    time.sleep(0.3)
+    before = agent.ticks("n1")
+    time.sleep(1.5)
+    assert agent.ticks("n1") == before  # paused: no ticks
+    assert agent.http.get("/vms/n1").json()["state"] == "paused"
+    assert agent.http.post("/vms/n1/resume").json()["state"] == "running"
+    agent.wait_console("n1", f"tick {before + 1}", timeout=5)
+
+    info = agent.http.get("/vms/n1").json()
+    assert info["exit_counters"]["io_out"] > 10 and info["cpu_time_s"] > 0
+    assert info["memory_mib"] == 64 and info["rss_mib"] > 0
+    r = agent.http.post("/vms/n1/balloon", json={"target_mib": 48})
+    assert r.status_code < 300, r.text
+
+    vm = agent.http.post("/vms/n1/stop", json={"timeout": 10}).json()
+    assert vm["state"] == "stopped" and vm["detail"] == "guest powered off (ACPI S5)"
+    assert agent.console("n1")[-1] == "power off"
+    r = agent.http.post("/vms/n1/pause")
+    assert r.status_code == 409 and "it is stopped" in r.json()["error"]
+
+    assert agent.http.post("/vms/n1/start").json()["state"] == "running"
+    agent.wait_console("n1", "ready: idle")
+    assert agent.http.post("/vms/n1/force-stop").json()["state"] == "stopped"
+
+
+def test_graceful_stop_refused_by_the_guest_is_not_forced_unless_asked(agent: Agent, tmp_path: Path) -> None:
+    r = agent.http.post("/vms", json={"name": "stubborn", "image": "idle", "memory": "64M",
+                                      "cmdline": "cad=ignore"})
+    assert r.status_code == 201, r.text
+    agent.wait_console("stubborn", "tick 1")
+    vm = agent.http.post("/vms/stubborn/stop", json={"timeout": 1}).json()
+    assert vm["state"] == "running"
+    agent.wait_console("stubborn", "ignoring ctrl-alt-del")
+    vm = agent.http.post("/vms/stubborn/stop", json={"timeout": 1, "force_after": True}).json()
+    assert vm["state"] == "stopped"
+
+
+def test_five_native_vms_survive_agent_sigkill(agent: Agent) -> None:
+    names = [f"v{i}" for i in range(5)]
+    pids = {}
+    for n in names:
+        r = agent.http.post("/vms", json={"name": n, "image": "idle", "memory": "32M"})
+        assert r.status_code == 201, r.text
+        pids[n] = r.json()["pid"]
+    for n in names:
+        agent.wait_console(n, "tick 1")
+    agent.http.post("/vms/v1/pause")
+
+    agent.kill()
+    for n in names:
+        os.kill(pids[n], 0)  # still alive without the agent
+    os.kill(pids["v4"], signal.SIGKILL)  # and one dies while nobody watches
+    agent.start()
+
+    vms = {v["name"]: v for v in agent.http.get("/vms").json()}
+    assert {n: vms[n]["state"] for n in names} == {
+        "v0": "running", "v1": "paused", "v2": "running", "v3": "running", "v4": "crashed"}
+    assert vms["v0"]["pid"] == pids["v0"]
+    assert "without a word" in vms["v4"]["detail"]  # SIGKILL: no stats.json written
+    # still managed: every action works on the VMs the previous agent started
+    assert agent.http.post("/vms/v1/resume").json()["state"] == "running"
+    assert agent.http.post("/vms/v0/pause").json()["state"] == "paused"
+    agent.http.post("/vms/v2/console", json={"text": "still-here\n"})
+    agent.wait_console("v2", "echo: still-here")
+    assert agent.http.get("/vms/v2").json()["exit_counters"]["io_out"] > 0
+    assert agent.http.post("/vms/v3/stop", json={"timeout": 10}).json()["state"] == "stopped"
+    assert agent.http.post("/vms/v4/start").json()["state"] == "running"
+    for n in names:
+        assert agent.http.delete(f"/vms/{n}").status_code == 204
+    for n in ("v0", "v1", "v2", "v4"):
+        with pytest.raises(ProcessLookupError):
+            for _ in range(50):
+                os.kill(pids[n] if n != "v4" else 2**22 + 1, 0)
+                time.sleep(0.1)
