@@ -24,7 +24,7 @@ def views(mem: GuestMemory, descs: list[Descriptor], skip: int = 0, length: int 
             n = min(n, left)
             left -= n
         if n:
-            out.append(mem.view(d.addr + skip, n))
+            out.append(mem.view(d.addr + skip, n, d.writable))  # read-only buffers are not VMM writes
         skip = 0
     return out
 
