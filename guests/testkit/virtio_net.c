@@ -1,16 +1,25 @@
 /* virtio_net: a polling virtio-net driver (1af4:1041, virtio 1.2 section 5.1) and the smallest
- * IPv4 stack that lets the host talk to the guest: ARP, ICMP echo, UDP echo (port 7).
+ * IPv4 stack that lets the host talk to the guest: ARP, ICMP echo, UDP echo (port 7), and TCP
+ * (lib/tcp.c) with three services: echo (port 7), discard (9, checks the stream pattern) and a
+ * source (19, sends tcp_bench MiB of the pattern and closes). The pattern: stream byte k is
+ * k % 251.
  *
  * cmdline: ip=A.B.C.D (ours)  host=A.B.C.D (the host's, on the tap or bridge)  udp=PORT (a UDP
  * echo server on the host)  pings=N (serve until the host's N echo requests are answered)
  * peer=A.B.C.D (another VM on the bridge: ping it)  serve_ms=MS (how long to serve at most)
  * bench=MIB (after END: send MIB MiB of UDP to host:udp+1 from ring 3, as fast as the ring
  * allows; the host measures what arrives).
+ * tcp_echo=N (serve until one TCP connection to port 7 has echoed N bytes and closed both ways)
+ * tcp_client=N (connect to peer's port 7, or the host's without peer=, send N bytes of the
+ * pattern, check the echo byte for byte, close)
+ * tcp_bench=MIB (after END, and after the UDP bench: print "tcp_bench: listening", then serve
+ * one source connection (port 19, MIB MiB to the host) and one discard connection (port 9)).
  *
  * Ring 0 does only PCI configuration (port I/O #GPs from ring 3 on this host) and printing;
  * every frame is built, sent, received and answered in ring 3 (native speed here), through the
  * user-accessible identity map of BAR0 (notify by MMIO) and of the rings. */
 #include "virtio.h"
+#include "tcp.h"
 
 const char testkit_name[] = "virtio_net";
 
@@ -30,6 +39,7 @@ static struct virtq rxq __attribute__((aligned(4096))), txq __attribute__((align
 static uint8_t rxbuf[NRX][BUF] __attribute__((aligned(4096)));
 static uint8_t txbuf[NTX][BUF] __attribute__((aligned(4096)));
 static uint16_t tx_used_seen, tx_inflight;
+static bool tx_unkicked;	/* frames queued since the last notify */
 
 static uint8_t mac[6], host_mac[6], peer_mac[6];
 static uint32_t my_ip, host_ip, peer_ip;
@@ -38,6 +48,11 @@ static uint16_t udp_port;
 /* what ring 3 found, printed by ring 0 */
 static struct {
 	bool host_arp, host_ping, host_ping_payload, udp_echo, peer_arp, peer_ping;
+	bool echo_done, echo_clean, client_done, client_clean, client_data_ok;
+	uint64_t echo_bytes, client_bytes_back;
+	bool src_done, src_clean, dis_done, dis_clean, dis_data_ok;
+	uint64_t src_bytes, src_cycles, dis_bytes, dis_cycles;
+	uint32_t tcp_retransmits, tcp_dup_acks;
 	uint32_t arp_answered, pings_answered, udp_answered, rx_frames, bad_num_buffers, tx_frames;
 	uint64_t bench_bytes, bench_frames, bench_cycles;
 } st;
@@ -123,7 +138,40 @@ static void tx_queue(uint32_t len, bool kick)
 	if (kick) {
 		barrier();
 		mmio_write16(txq.notify, TXQ);
+		tx_unkicked = false;
+	} else {
+		tx_unkicked = true;
 	}
+}
+
+static void tx_flush(void)
+{
+	if (tx_unkicked) {
+		barrier();
+		mmio_write16(txq.notify, TXQ);
+		tx_unkicked = false;
+	}
+}
+
+/* ---- neighbours: IPv4 -> MAC, learnt from ARP and from received IPv4 frames ---- */
+#define NARP 8
+static struct { uint32_t ip; uint8_t mac[6]; } arp_cache[NARP];
+static uint64_t arp_asked_at;
+
+static void arp_learn(uint32_t ip, const uint8_t *m)
+{
+	int slot = (int)(ip % NARP);
+	for (int i = 0; i < NARP; i++)
+		if (arp_cache[i].ip == ip || !arp_cache[i].ip) { slot = i; break; }
+	arp_cache[slot].ip = ip;
+	memcpy(arp_cache[slot].mac, m, 6);
+}
+
+static const uint8_t *arp_lookup(uint32_t ip)
+{
+	for (int i = 0; i < NARP; i++)
+		if (arp_cache[i].ip == ip) return arp_cache[i].mac;
+	return 0;
 }
 
 static void eth_fill(struct eth *e, const uint8_t *dst, uint16_t type)
@@ -200,6 +248,7 @@ static void handle(uint8_t *f, uint32_t n)
 	if (e->type == be16(0x0806) && n >= 14 + sizeof(struct arp)) {
 		struct arp *a = (void *)(e + 1);
 		uint32_t spa = be32(a->spa), tpa = be32(a->tpa);
+		if (tpa == my_ip && spa) arp_learn(spa, a->sha);
 		if (a->op == be16(1) && tpa == my_ip) {
 			send_arp(2, a->sha, spa);
 			st.arp_answered++;
@@ -215,6 +264,11 @@ static void handle(uint8_t *f, uint32_t n)
 	if (be32(ip->dst) != my_ip || ihl < 20 || len < ihl || 14 + len > n) return;
 	uint8_t *p = (uint8_t *)ip + ihl;
 	uint32_t pn = len - ihl, src = be32(ip->src);
+	if (ip->proto == 6 && !(ip->frag & be16(0x3fff))) {	/* TCP, not a fragment */
+		if (!arp_lookup(src)) arp_learn(src, e->src);
+		tcp_input(src, my_ip, p, pn);
+		return;
+	}
 	if (ip->proto == 1 && pn >= 8) {
 		struct icmp *ic = (void *)p;
 		if (ic->type == 8) {	/* echo request: answer with the same id, seq and data */
@@ -269,6 +323,142 @@ static void poll_rx(void)
 	tx_reclaim();
 }
 
+/* ---- TCP: lib/tcp.c's segments in and out of our frames, and the services ---- */
+static uint8_t *seg_alloc(uint32_t dst, uint32_t len)
+{
+	const uint8_t *m = arp_lookup(dst);
+	struct ip4 *ip;
+	if (m) return ip_start(m, dst, 6, len, &ip);
+	if (past(arp_asked_at)) {	/* the segment is lost; retransmission finds the MAC known */
+		send_arp(1, 0, dst);
+		arp_asked_at = deadline_ms(100);
+	}
+	return 0;
+}
+
+static void seg_send(uint32_t len)
+{
+	uint32_t n = 14 + 20 + len;
+	tx_queue(n < 60 ? 60 : n, false);	/* kicked once a round, in net_step */
+}
+
+static const struct tcp_ops tcp_ops = { seg_alloc, seg_send };
+#define TCP_BUF (1u << 16)
+static uint8_t tcp_sbuf[TCP_MAX_CONNS][TCP_BUF] __attribute__((aligned(4096)));
+static uint8_t tcp_rbuf[TCP_MAX_CONNS][TCP_BUF] __attribute__((aligned(4096)));
+static uint8_t pattern[TCP_BUF + 256];	/* pattern[i] = i % 251, filled in ring 3 */
+static uint64_t echo_wanted, client_total, tcp_bench_mib;
+
+enum app_kind { APP_NONE, APP_ECHO, APP_DISCARD, APP_SOURCE, APP_CLIENT };
+static struct app {
+	enum app_kind kind;
+	uint64_t out, in, total, t0;	/* stream bytes written / read (and checked), to write */
+	bool bad, done;
+} apps[TCP_MAX_CONNS];
+static struct tcp_conn *client_conn;
+
+static void pattern_init(void)
+{
+	for (uint32_t i = 0; i < sizeof pattern; i++) pattern[i] = (uint8_t)(i % 251);
+}
+
+/* Read what has arrived; check it against the pattern (check=true) or write it back (echo). */
+static void app_read(struct tcp_conn *c, struct app *a, bool check, bool echo)
+{
+	static uint8_t tmp[4096];
+	for (;;) {
+		uint32_t n = c->rlen < sizeof tmp ? c->rlen : sizeof tmp;
+		if (echo && tcp_write_room(c) < n) n = tcp_write_room(c);
+		if (!n || !(n = tcp_read(c, tmp, n))) break;
+		if (check) {
+			const uint8_t *want = pattern + a->in % 251;
+			for (uint32_t k = 0; k < n; k++) a->bad |= tmp[k] != want[k];
+		}
+		if (echo) tcp_write(c, tmp, n);
+		a->in += n;
+	}
+}
+
+static void app_write(struct tcp_conn *c, struct app *a)
+{
+	while (a->out < a->total) {
+		uint32_t room = tcp_write_room(c), n = a->total - a->out < TCP_BUF ? (uint32_t)(a->total - a->out) : TCP_BUF;
+		if (room < n) n = room;
+		if (!n) break;
+		a->out += tcp_write(c, pattern + a->out % 251, n);
+	}
+}
+
+static void app_finish(struct tcp_conn *c, struct app *a)
+{
+	bool clean = c->error == TCP_OK;
+	uint64_t cycles = rdtsc() - a->t0;
+	a->done = true;
+	st.tcp_retransmits += c->retransmits;
+	st.tcp_dup_acks += c->dup_acks_sent;
+	switch (a->kind) {
+	case APP_ECHO:
+		st.echo_done = true; st.echo_clean = clean; st.echo_bytes = a->in;
+		break;
+	case APP_CLIENT:
+		st.client_done = true; st.client_clean = clean; st.client_bytes_back = a->in;
+		st.client_data_ok = !a->bad && a->in == a->total;
+		break;
+	case APP_SOURCE:
+		st.src_done = true; st.src_clean = clean; st.src_bytes = c->bytes_out; st.src_cycles = cycles;
+		break;
+	case APP_DISCARD:
+		st.dis_done = true; st.dis_clean = clean; st.dis_bytes = a->in; st.dis_data_ok = !a->bad;
+		st.dis_cycles = cycles;
+		break;
+	default:
+		break;
+	}
+}
+
+/* One connection slot: a new connection gets its service by port (the client by being ours). */
+static void app_step(int i)
+{
+	struct tcp_conn *c = tcp_conn(i);
+	struct app *a = &apps[i];
+	if (a->kind == APP_NONE) {
+		if (c->state == TCP_CLOSED) return;
+		memset(a, 0, sizeof *a);
+		a->t0 = rdtsc();
+		if (c == client_conn) { a->kind = APP_CLIENT; a->total = client_total; }
+		else if (c->local_port == 7) a->kind = APP_ECHO;
+		else if (c->local_port == 9) a->kind = APP_DISCARD;
+		else if (c->local_port == 19) { a->kind = APP_SOURCE; a->total = tcp_bench_mib << 20; }
+	}
+	if (!a->done) {
+		switch (a->kind) {
+		case APP_ECHO: app_read(c, a, false, true); break;
+		case APP_DISCARD: app_read(c, a, true, false); break;
+		case APP_SOURCE: app_write(c, a); break;
+		case APP_CLIENT: app_write(c, a); app_read(c, a, true, false); break;
+		default: break;
+		}
+		/* close our side: the source and the client once all is sent (and, for the client,
+		 * echoed back); echo and discard once the peer closed and all is read */
+		bool sent = a->out >= a->total && (a->kind != APP_CLIENT || a->in >= a->total);
+		if (((a->kind == APP_SOURCE || a->kind == APP_CLIENT) && sent) || c->state == TCP_CLOSE_WAIT) {
+			if (c->rlen == 0 && (c->state == TCP_ESTABLISHED || c->state == TCP_CLOSE_WAIT))
+				tcp_close(c);
+		}
+		if (c->state == TCP_TIME_WAIT || c->state == TCP_CLOSED) app_finish(c, a);
+	}
+	if (c->state == TCP_CLOSED) a->kind = APP_NONE;	/* the slot is free again */
+}
+
+/* One round: frames in, services, TCP output and timers, one notify for what was queued. */
+static void net_step(void)
+{
+	poll_rx();
+	for (int i = 0; i < TCP_MAX_CONNS; i++) app_step(i);
+	tcp_poll();
+	tx_flush();
+}
+
 /* ---- ring-3 sessions ---- */
 static uint64_t talk_to_host(uint64_t unused)
 {
@@ -284,7 +474,7 @@ static uint64_t talk_to_host(uint64_t unused)
 			}
 			next = deadline_ms(200);
 		}
-		poll_rx();
+		net_step();
 	}
 	return 0;
 }
@@ -296,20 +486,23 @@ static uint64_t serve(uint64_t unused)
 {
 	uint64_t end = deadline_ms(serve_ms), next = 0;
 	uint16_t seq = 0;
+	pattern_init();
+	if (client_total) client_conn = tcp_connect(peer_ip ? peer_ip : host_ip, 7);
 	while (!past(end)) {
 		bool peer_done = !peer_ip || st.peer_ping;
+		bool tcp_done = (!echo_wanted || st.echo_done) && (!client_total || st.client_done);
 		if (peer_ip && !st.peer_ping && past(next)) {
 			if (!st.peer_arp) send_arp(1, 0, peer_ip);
 			else send_ping(peer_mac, peer_ip, ++seq);
 			next = deadline_ms(200);
 		}
 		/* after our own work, keep answering a little (the peer may still be pinging us) */
-		if (peer_done && st.pings_answered >= pings_wanted) {
+		if (peer_done && tcp_done && st.pings_answered >= pings_wanted) {
 			uint64_t linger = deadline_ms(peer_ip ? 1000 : 0);
-			while (!past(linger) && !past(end)) poll_rx();
+			while (!past(linger) && !past(end)) net_step();
 			break;
 		}
-		poll_rx();
+		net_step();
 	}
 	return 0;
 }
@@ -366,6 +559,17 @@ static uint64_t blast(uint64_t unused)
 	return 0;
 }
 
+/* After END: one source connection (port 19) and one discard connection (port 9). */
+static uint64_t tcp_bench_serve(uint64_t unused)
+{
+	pattern_init();
+	uint64_t end = deadline_ms(180000);
+	while (!past(end) && !(st.src_done && st.dis_done)) net_step();
+	uint64_t linger = deadline_ms(300);	/* the last ACKs */
+	while (!past(linger)) net_step();
+	return 0;
+}
+
 void testkit_main(void)
 {
 	pic_mask_all();
@@ -376,6 +580,12 @@ void testkit_main(void)
 	pings_wanted = parse_uint(cmdline_value("pings"), 0);
 	serve_ms = parse_uint(cmdline_value("serve_ms"), 10000);
 	bench_mib = parse_uint(cmdline_value("bench"), 0);
+	echo_wanted = parse_uint(cmdline_value("tcp_echo"), 0);
+	client_total = parse_uint(cmdline_value("tcp_client"), 0);
+	tcp_bench_mib = parse_uint(cmdline_value("tcp_bench"), 0);
+	tcp_init(my_ip, &tcp_ops);
+	for (int i = 0; i < TCP_MAX_CONNS; i++) tcp_buffers(i, tcp_sbuf[i], TCP_BUF, tcp_rbuf[i], TCP_BUF);
+	tcp_listen(7);
 
 	bool found = virtio_open(&dev, 0x1041, 0);
 	report("virtio_net_found", "%s", yesno(found));
@@ -421,7 +631,7 @@ void testkit_main(void)
 			check("UDP to the host and back", st.udp_echo, "no echo from port %u", udp_port);
 		}
 	}
-	if (pings_wanted || peer_ip) {
+	if (pings_wanted || peer_ip || echo_wanted || client_total) {
 		run_user(serve, 0);
 		report("host_pings_answered", "%s", yesno(st.pings_answered >= pings_wanted));
 		check("the host's echo requests answered", st.pings_answered >= pings_wanted,
@@ -430,6 +640,24 @@ void testkit_main(void)
 			report("peer_ping_reply", "%s", yesno(st.peer_ping));
 			check("the other VM answers a ping", st.peer_ping, "arp %d ping %d", st.peer_arp, st.peer_ping);
 		}
+		if (echo_wanted) {
+			report("tcp_echo_bytes", "%lu", st.echo_bytes);
+			report("tcp_echo_closed_cleanly", "%s", yesno(st.echo_done && st.echo_clean));
+			check("TCP echo server: a connection echoed and closed both ways",
+			      st.echo_done && st.echo_clean && st.echo_bytes == echo_wanted,
+			      "done %d clean %d bytes %lu of %lu", st.echo_done, st.echo_clean, st.echo_bytes, echo_wanted);
+			report("tcp_rst_sent", "%s", yesno(tcp_stats.rst_sent > 0));
+		}
+		if (client_total) {
+			report("tcp_client_bytes_back", "%lu", st.client_bytes_back);
+			report("tcp_client_data_ok", "%s", yesno(st.client_data_ok));
+			report("tcp_client_closed_cleanly", "%s", yesno(st.client_done && st.client_clean));
+			check("TCP client: connected, the echo equal byte for byte, closed both ways",
+			      st.client_done && st.client_clean && st.client_data_ok,
+			      "done %d clean %d data %d back %lu of %lu", st.client_done, st.client_clean,
+			      st.client_data_ok, st.client_bytes_back, client_total);
+		}
+		report("tcp_bad_checksums", "%u", tcp_stats.bad_checksum);
 	}
 	report("rx_num_buffers_always_1", "%s", yesno(st.bad_num_buffers == 0));
 	check("rx frames arrive whole (num_buffers 1)", st.bad_num_buffers == 0, "%u bad", st.bad_num_buffers);
@@ -444,4 +672,19 @@ void testkit_after_end(void)
 		printf("bench_bytes: %lu\nbench_frames: %lu\nbench_cycles: %lu\ntsc_khz: %lu\n",
 		       st.bench_bytes, st.bench_frames, st.bench_cycles, tsc_khz());
 	}
+	if (tcp_bench_mib) {
+		tcp_listen(9);
+		tcp_listen(19);
+		printf("tcp_bench: listening\n");
+		run_user(tcp_bench_serve, 0);
+		printf("tcp_source_bytes: %lu\ntcp_source_clean: %s\ntcp_source_cycles: %lu\n"
+		       "tcp_discard_bytes: %lu\ntcp_discard_data_ok: %s\ntcp_discard_clean: %s\n"
+		       "tcp_discard_cycles: %lu\n", st.src_bytes, yesno(st.src_done && st.src_clean), st.src_cycles,
+		       st.dis_bytes, yesno(st.dis_done && st.dis_data_ok), yesno(st.dis_done && st.dis_clean),
+		       st.dis_cycles);
+	}
+	printf("tcp_segs_in: %u\ntcp_segs_out: %u\ntcp_bad_checksum: %u\ntcp_rst_sent: %u\n"
+	       "tcp_rst_received: %u\ntcp_dropped: %u\ntcp_retransmits: %u\ntcp_dup_acks: %u\n",
+	       tcp_stats.segs_in, tcp_stats.segs_out, tcp_stats.bad_checksum, tcp_stats.rst_sent,
+	       tcp_stats.rst_received, tcp_stats.dropped, st.tcp_retransmits, st.tcp_dup_acks);
 }
