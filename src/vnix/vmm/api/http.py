@@ -10,7 +10,7 @@ limit              value      answer when exceeded
 request head       8 KiB      431 (request line and headers together)
 header lines       64         431
 body               64 KiB     413 (``Content-Length`` only; chunked bodies get 411)
-connections        16         503 to the 17th until one ends
+connections        16         the next 64 wait (listen backlog); more: connect fails
 read timeout       5 s        the connection is closed (408 if part of a request came)
 =================  =========  ======================================================
 
@@ -151,7 +151,7 @@ class UnixHttpServer:
         sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         sock.bind(self.path)
         os.chmod(self.path, 0o600)  # the control socket is its owner's only
-        sock.listen(16)
+        sock.listen(64)  # waiting connections; beyond that connect() fails with EAGAIN
         self._sock = sock
         threading.Thread(target=self._accept, name="api-accept", daemon=True).start()
 
@@ -167,14 +167,11 @@ class UnixHttpServer:
     def _accept(self) -> None:
         while self._sock is not None:
             try:
-                fd, _ = self._sock._accept()
+                fd, _ = self._sock._accept()  # type: ignore[attr-defined]
             except OSError:
                 return
             conn = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM, 0, fd)
-            if not self._slots.acquire(blocking=False):
-                _send(conn, Response(503, {"error": f"more than {MAX_CONNECTIONS} connections"}))
-                conn.close()
-                continue
+            self._slots.acquire()  # at most MAX_CONNECTIONS served; the rest wait their turn
             threading.Thread(target=self._serve, args=(conn,), name="api-conn", daemon=True).start()
 
     def _serve(self, conn: _socket.socket) -> None:
