@@ -1,12 +1,15 @@
 """The virtio_net test-kit guest on a TAP under vnix and under QEMU (-M pc, virtio-net-pci
-modern, no vhost): the guest pings the host and gets its UDP echo, the host pings the guest, the
-two reports are equal; two vnix VMs on one bridge ping each other."""
+modern, no vhost): the guest pings the host and gets its UDP echo, the host pings the guest; over
+TCP the host's connection to a closed port is refused, the host's socket gets its bytes echoed
+by the guest and the guest's connection gets its bytes echoed by the host; the two reports are
+equal. Two vnix VMs on one bridge ping each other and exchange TCP (one echoes, one connects)."""
 from __future__ import annotations
 
 import os
 import shutil
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import pytest
 
@@ -21,51 +24,89 @@ pytestmark = [
 
 probe = pytest.importorskip("vnix.vmm.devices.virtio.net.probe")
 MAC = "52:54:00:12:34:56"
+ECHO_BYTES = 300_000  # several times the guest's 64 KiB window: flow control and window updates
+CLIENT_BYTES = 200_000
 
 
-def guest_with_host(vmm: str, tap: str) -> tuple[KitRun, "probe.PingResult", "probe.UdpServer"]:
+@dataclass
+class HostSide:
+    ping: "probe.PingResult"
+    udp: "probe.UdpServer"
+    refused: bool
+    echo: "probe.TcpEcho"
+    server: "probe.TcpEchoServer"
+
+
+def guest_with_host(vmm: str, tap: str) -> tuple[KitRun, HostSide]:
     probe.make_link(tap, "tap", "198.19.252.1/24")
-    echo = probe.UdpServer("198.19.252.1", 5555, echo=True)
-    result: dict[str, probe.PingResult] = {}
-    pinger = threading.Thread(target=lambda: result.setdefault("r", probe.ping("198.19.252.2", 3)))
+    udp = probe.UdpServer("198.19.252.1", 5555, echo=True)
+    server = probe.TcpEchoServer("198.19.252.1", 7)
+    data = os.urandom(ECHO_BYTES)
+    result: dict[str, object] = {}
+
+    def host() -> None:
+        result["ping"] = probe.ping("198.19.252.2", 3)
+        result["refused"] = probe.refused("198.19.252.2", 23)
+        result["echo"] = probe.tcp_echo("198.19.252.2", data)
+
+    talker = threading.Thread(target=host)
     try:
-        pinger.start()
-        r = run(vmm, "virtio_net", nics=(Nic(tap, MAC),), timeout=60,
-                cmdline="ip=198.19.252.2 host=198.19.252.1 udp=5555 pings=3 serve_ms=20000")
-        pinger.join(30)
-        return r, result["r"], echo
+        talker.start()
+        r = run(vmm, "virtio_net", nics=(Nic(tap, MAC),), timeout=90,
+                cmdline=f"ip=198.19.252.2 host=198.19.252.1 udp=5555 pings=3 tcp_echo={ECHO_BYTES} "
+                        f"tcp_client={CLIENT_BYTES} serve_ms=40000")
+        talker.join(60)
+        echo = result["echo"]
+        assert isinstance(echo, probe.TcpEcho)
+        assert echo.echoed == data  # byte for byte
+        return r, HostSide(result["ping"], udp, bool(result["refused"]), echo, server)  # type: ignore[arg-type]
     finally:
-        echo.close()
+        udp.close()
+        server.close()
         probe.delete_link(tap)
 
 
 def test_frames_both_ways_same_report_as_qemu() -> None:
     runs = {vmm: guest_with_host(vmm, "vnxn0") for vmm in ("qemu", "vnix")}
-    (q, q_ping, q_echo), (v, v_ping, v_echo) = runs["qemu"], runs["vnix"]
+    (q, q_host), (v, v_host) = runs["qemu"], runs["vnix"]
     assert q.passed, q.output + q.stderr
     assert v.passed, v.output + v.stderr
     assert v.report.lines == q.report.lines
-    for ping, echo in ((q_ping, q_echo), (v_ping, v_echo)):
-        assert len(ping.replies) == 3 and ping.payload_ok  # the host pinged the guest
-        assert echo.peers == {"198.19.252.2"} and echo.datagrams >= 1  # the guest's UDP arrived
+    for h in (q_host, v_host):
+        assert len(h.ping.replies) == 3 and h.ping.payload_ok  # the host pinged the guest
+        assert h.udp.peers == {"198.19.252.2"} and h.udp.datagrams >= 1  # the guest's UDP arrived
+        assert h.refused  # a SYN to a closed port got a RST
+        assert h.echo.equal and h.echo.eof_after_close  # echoed, then the guest closed its side
+        assert h.server.peers == ["198.19.252.2"] and h.server.echoed == CLIENT_BYTES  # guest's connection
     assert v.report.facts["mac"] == MAC
+    assert v.report.facts["tcp_echo_bytes"] == str(ECHO_BYTES)
+    assert v.report.facts["tcp_client_bytes_back"] == str(CLIENT_BYTES)
+    assert v.report.facts["tcp_client_data_ok"] == "yes"
+    assert v.report.facts["tcp_bad_checksums"] == "0"
 
 
 def test_two_vms_on_one_bridge_reach_each_other() -> None:
-    """vnix creates both taps (by name) and puts them on the bridge itself (``bridge=``)."""
+    """vnix creates both taps (by name) and puts them on the bridge itself (``bridge=``). Both
+    ping each other; A serves TCP echo, B connects to A and checks the echo byte for byte."""
+    n = 150_000
     probe.make_link("vnxbr0", "bridge", "198.19.253.1/24")
     try:
-        def vm(me: str, peer: str, tap: str, mac: str) -> KitRun:
-            return run("vnix", "virtio_net", nics=(Nic(tap, mac, "vnxbr0"),), timeout=60,
-                       cmdline=f"ip=198.19.253.{me} host=198.19.253.1 peer=198.19.253.{peer} serve_ms=20000")
+        def vm(me: str, peer: str, tap: str, mac: str, tcp: str) -> KitRun:
+            return run("vnix", "virtio_net", nics=(Nic(tap, mac, "vnxbr0"),), timeout=90,
+                       cmdline=f"ip=198.19.253.{me} host=198.19.253.1 peer=198.19.253.{peer} {tcp} serve_ms=40000")
 
         with ThreadPoolExecutor(2) as pool:
-            a = pool.submit(vm, "2", "3", "vnxa0", "52:54:00:00:00:02")
-            b = pool.submit(vm, "3", "2", "vnxb0", "52:54:00:00:00:03")
+            a = pool.submit(vm, "2", "3", "vnxa0", "52:54:00:00:00:02", f"tcp_echo={n}")
+            b = pool.submit(vm, "3", "2", "vnxb0", "52:54:00:00:00:03", f"tcp_client={n}")
             ra, rb = a.result(), b.result()
         for r in (ra, rb):
             assert r.passed, r.output + r.stderr
             assert r.report.facts["peer_ping_reply"] == "yes"
+        assert ra.report.facts["tcp_echo_bytes"] == str(n)
+        assert ra.report.facts["tcp_echo_closed_cleanly"] == "yes"
+        assert rb.report.facts["tcp_client_bytes_back"] == str(n)
+        assert rb.report.facts["tcp_client_data_ok"] == "yes"
+        assert rb.report.facts["tcp_client_closed_cleanly"] == "yes"
         # the taps vnix made were not persistent: they went away with the VMs
         assert not probe.link_exists("vnxa0") and not probe.link_exists("vnxb0")
     finally:

@@ -127,3 +127,122 @@ class UdpServer:
         self._stop = True
         self._thread.join(2.0)
         self.sock.close()
+
+
+# -- TCP: the host's side of the test-kit guest's TCP services (echo 7, discard 9, source 19) --
+
+def pattern(offset: int, n: int) -> bytes:
+    """The test-kit guest's stream pattern: stream byte k is k % 251."""
+    cycle = bytes(range(251))
+    start = offset % 251
+    reps = (start + n) // 251 + 1
+    return (cycle * reps)[start : start + n]
+
+
+def connect_retry(ip: str, port: int, *, timeout: float = 30.0, attempt: float = 1.0) -> socket.socket:
+    """A TCP connection to a guest that may not be up yet: retried (a fresh socket each time)
+    until ``timeout``. A refusal (the guest's RST) is raised at once."""
+    end = time.monotonic() + timeout
+    while True:
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.settimeout(attempt)
+        try:
+            s.connect((ip, port))
+            s.settimeout(None)
+            return s
+        except ConnectionRefusedError:
+            s.close()
+            raise
+        except OSError:
+            s.close()
+            if time.monotonic() > end:
+                raise
+            time.sleep(0.1)
+
+
+@dataclass
+class TcpEcho:
+    sent: int = 0
+    echoed: bytes = b""
+    equal: bool = False
+    eof_after_close: bool = False  # the guest closed its side after ours (its FIN came)
+    seconds: float = 0.0
+
+
+def tcp_echo(ip: str, data: bytes, *, port: int = 7, timeout: float = 30.0) -> TcpEcho:
+    """Send ``data`` to the guest's echo service, read it back (concurrently: the guest's
+    window is smaller than ``data``), half-close, and wait for the guest's FIN."""
+    res = TcpEcho(sent=len(data))
+    with connect_retry(ip, port, timeout=timeout) as s:
+        s.settimeout(timeout)
+        start = time.monotonic()
+        got = bytearray()
+
+        def reader() -> None:
+            while len(got) < len(data):
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                got.extend(chunk)
+
+        t = threading.Thread(target=reader, daemon=True)
+        t.start()
+        s.sendall(data)
+        t.join(timeout)
+        s.shutdown(socket.SHUT_WR)
+        res.eof_after_close = s.recv(1) == b""
+        res.seconds = time.monotonic() - start
+    res.echoed = bytes(got)
+    res.equal = res.echoed == data
+    return res
+
+
+def refused(ip: str, port: int, *, timeout: float = 30.0) -> bool:
+    """True when a connection to ``port`` is refused (the guest answers the SYN with a RST)."""
+    try:
+        connect_retry(ip, port, timeout=timeout).close()
+    except ConnectionRefusedError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
+class TcpEchoServer:
+    """A TCP echo server on (ip, port) for guests that connect out; one thread a connection."""
+
+    def __init__(self, ip: str, port: int = 7) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((ip, port))
+        self.sock.listen(4)
+        self.sock.settimeout(0.2)
+        self.peers: list[str] = []
+        self.echoed = 0
+        self._stop = False
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop:
+            try:
+                conn, addr = self.sock.accept()
+            except (socket.timeout, OSError):
+                continue
+            self.peers.append(addr[0])
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(30)
+            try:
+                while chunk := conn.recv(65536):
+                    conn.sendall(chunk)
+                    self.echoed += len(chunk)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self._stop = True
+        self._thread.join(2.0)
+        self.sock.close()
