@@ -79,3 +79,4 @@ def test_vsock_both_ways(tmp_path: Path) -> None:
     assert host["hello"] == b"hello from the guest\n" and host["eof"] is True
     assert host["ok"].startswith(b"OK ") and host["ok"].endswith(b"\n")  # type: ignore[union-attr]
     assert host["echo"] == payload
+    assert not os.path.exists(uds)  # the VMM removed its listening socket file when it exited

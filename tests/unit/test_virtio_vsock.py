@@ -6,6 +6,7 @@ tests (and the virtio_vsock test-kit guest) are the reference, written from virt
 from __future__ import annotations
 
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -190,3 +191,65 @@ def test_hostile_headers(guest: Guest) -> None:
     guest.dev.notify(1)
     assert guest.dev.metrics.bad_chains == before + 2
     assert not guest.dev.broken
+
+
+def test_a_connect_the_guest_never_answers_ends_with_an_error(tmp_path: Path) -> None:
+    """The host program gets ``ERR ...`` and EOF after the bound, not a hang; the guest's
+    pending REQUEST is reset, so its late RESPONSE finds no stream."""
+    mem = GuestMemory([(0, 4 << 20)])
+    dev = VirtioVsock(CID, str(tmp_path / "t.sock"), connect_timeout=0.3)
+    watch = ManualWatch()
+    dev.attach_watch(watch)
+    _, drivers, _ = bring_up(dev, mem, bit(F_VERSION_1), queue_size=64)
+    g = Guest(dev, drivers, watch)
+    try:
+        host = socket.socket(socket.AF_UNIX)
+        host.connect(str(tmp_path / "t.sock"))
+        host.sendall(b"CONNECT 7777\n")
+        req = g.wait_for(p.OP_REQUEST)  # the guest sees it and stays silent
+        host.settimeout(3)
+        start = time.monotonic()
+        reply = b""
+        while chunk := host.recv(200):
+            reply += chunk
+        waited = time.monotonic() - start
+        assert reply.startswith(b"ERR timeout") and b"7777" in reply and reply.endswith(b"\n")
+        assert waited < 2.0
+        rst = g.wait_for(p.OP_RST)
+        assert (rst.src_port, rst.dst_port) == (req.src_port, 7777)
+        assert not dev.conns and dev.connect_timeouts == 1
+    finally:
+        dev.close()
+        mem.close()
+
+
+def test_an_answered_connect_does_not_time_out(tmp_path: Path) -> None:
+    mem = GuestMemory([(0, 4 << 20)])
+    dev = VirtioVsock(CID, str(tmp_path / "t.sock"), connect_timeout=0.3)
+    watch = ManualWatch()
+    dev.attach_watch(watch)
+    _, drivers, _ = bring_up(dev, mem, bit(F_VERSION_1), queue_size=64)
+    g = Guest(dev, drivers, watch)
+    try:
+        host = socket.socket(socket.AF_UNIX)
+        host.connect(str(tmp_path / "t.sock"))
+        host.sendall(b"CONNECT 1234\n")
+        req = g.wait_for(p.OP_REQUEST)
+        g.send(p.OP_RESPONSE, 1234, req.src_port)
+        host.settimeout(2)
+        assert host.recv(100) == b"OK %d\n" % req.src_port
+        time.sleep(0.6)  # past the bound: the open stream is untouched
+        host.sendall(b"still here")
+        assert g.wait_for(p.OP_RW).data == b"still here"
+        assert dev.connect_timeouts == 0 and len(dev.conns) == 1
+    finally:
+        dev.close()
+        mem.close()
+
+
+def test_close_removes_the_socket_file(tmp_path: Path) -> None:
+    path = tmp_path / "c.sock"
+    dev = VirtioVsock(CID, str(path))
+    assert path.exists()
+    dev.close()
+    assert not path.exists()

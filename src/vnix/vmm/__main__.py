@@ -234,6 +234,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if machine.api is not None:
         machine.api.close()  # type: ignore[attr-defined]
     machine.console.close()
+    if getattr(machine, "pci", None) is not None:  # devices' host resources: taps, vsock socket file
+        machine.pci.close()
     if stop.report:
         _say(stop.reason)
     if args.stats_json:

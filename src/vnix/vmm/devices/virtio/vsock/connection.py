@@ -16,6 +16,7 @@ one chunk a connection. Guest -> host data the socket cannot take at once is kep
 from __future__ import annotations
 
 import socket
+import threading
 from dataclasses import dataclass, field
 
 BUF_ALLOC = 256 * 1024  # our receive buffer per connection, as announced to the guest
@@ -41,6 +42,7 @@ class Connection:
     rx_queued: bool = False  # a chunk of ours waits in the device's rx queue
     host_eof: bool = False
     shut_write: bool = False  # the guest will send no more (SHUTDOWN SEND): EOF passed on
+    timer: threading.Timer | None = None  # CONNECTING: the guest's time to answer the REQUEST
 
     @property
     def fd(self) -> int:
@@ -73,6 +75,11 @@ class Connection:
     def wants_read(self) -> bool:
         return self.state in (HANDSHAKE, OPEN) and not self.host_eof and not self.rx_queued and (
             self.state == HANDSHAKE or self.credit > 0)
+
+    def cancel_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
 
     def close(self) -> None:
         try:

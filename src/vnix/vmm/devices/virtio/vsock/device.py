@@ -11,6 +11,9 @@ The host side, numbered as the exchanges happen:
 2. Host -> guest: a host program connects to ``uds`` and writes ``CONNECT <port>\\n``; the device
    picks a host port H and sends the guest REQUEST(H -> port). On RESPONSE it writes
    ``OK <H>\\n`` to the host program and the stream is open; on RST it closes the host socket.
+   A REQUEST the guest leaves unanswered for ``connect_timeout`` seconds (5 by default; a guest
+   whose kernel is emulated is slow) ends with ``ERR <reason>\\n`` to the host program, the
+   host socket closed and RST to the guest (so a late RESPONSE finds no stream).
 3. Guest -> host: the guest sends REQUEST(g -> P) to CID 2; the device connects to the Unix
    socket ``<uds>_<P>``; RESPONSE if that works, RST if not.
 4. Data: RW packets both ways, each side within the other's credit (5.10.6.3). The device
@@ -31,6 +34,7 @@ import logging
 import os
 import socket
 import struct
+import threading
 
 from vnix.vmm.devices.virtio import DeviceSetupError
 from vnix.vmm.devices.virtio.chain import gather, scatter, total
@@ -49,15 +53,17 @@ RX, TX, EVENT = 0, 1, 2
 MAX_PAYLOAD = 64 * 1024  # a guest RW longer than this is malformed
 MAX_CONNECTIONS = 1024
 FIRST_HOST_PORT = 1 << 30  # ports the device picks for host-initiated connections
+CONNECT_TIMEOUT = 5.0  # seconds the guest has to answer a host CONNECT (Firecracker: 2)
 
 
 class VirtioVsock(VirtioDevice):
     device_id = ID_VSOCK
     queue_sizes = (256, 256, 64)
 
-    def __init__(self, cid: int, uds: str) -> None:
+    def __init__(self, cid: int, uds: str, *, connect_timeout: float = CONNECT_TIMEOUT) -> None:
         super().__init__()
-        self.cid, self.uds = cid, uds
+        self.cid, self.uds, self.connect_timeout = cid, uds, connect_timeout
+        self.connect_timeouts = 0
         self.conns: dict[tuple[int, int], Connection] = {}  # (host port, guest port)
         self.handshakes: set[Connection] = set()
         self.rxq: collections.deque[tuple[p.Packet, Connection | None]] = collections.deque()
@@ -135,6 +141,25 @@ class VirtioVsock(VirtioDevice):
         self.conns[(conn.local_port, conn.peer_port)] = conn
         self._send(conn, p.OP_REQUEST)
         self._interest(conn)
+        conn.timer = threading.Timer(self.connect_timeout, self._connect_timed_out, (conn,))
+        conn.timer.daemon = True
+        conn.timer.start()
+
+    def _connect_timed_out(self, conn: Connection) -> None:
+        """2.: the guest never answered the REQUEST (timer thread)."""
+        with self.lock:
+            if conn.state != CONNECTING or self.conns.get((conn.local_port, conn.peer_port)) is not conn:
+                return
+            self.connect_timeouts += 1
+            log.info("vsock: guest port %d did not answer a host CONNECT in %.1f s", conn.peer_port,
+                     self.connect_timeout)
+            try:
+                conn.sock.send(b"ERR timeout: guest port %d did not answer within %.1f s\n"
+                               % (conn.peer_port, self.connect_timeout))
+            except OSError:
+                pass
+            self._reset(conn)
+            self.guarded(self._deliver)
 
     def _drop_handshake(self, conn: Connection) -> None:
         self.handshakes.discard(conn)
@@ -288,6 +313,7 @@ class VirtioVsock(VirtioDevice):
             self._forget(conn)
         elif pkt.op == p.OP_RESPONSE and conn.state == CONNECTING:
             conn.state = OPEN
+            conn.cancel_timer()
             try:
                 conn.sock.send(b"OK %d\n" % conn.local_port)
             except OSError:
@@ -352,6 +378,7 @@ class VirtioVsock(VirtioDevice):
         self.conns.pop((conn.local_port, conn.peer_port), None)
         self.rxq = collections.deque((k, c) for k, c in self.rxq if c is not conn)
         self.watch.remove(conn.fd)
+        conn.cancel_timer()
         conn.close()
 
     # -- life cycle ---------------------------------------------------------------------------
@@ -359,6 +386,7 @@ class VirtioVsock(VirtioDevice):
         """2.4 / 5.10.6.8: a reset drops every connection; the listener stays."""
         for conn in list(self.conns.values()) + list(self.handshakes):
             self.watch.remove(conn.fd)
+            conn.cancel_timer()
             conn.close()
         self.conns.clear()
         self.handshakes.clear()
