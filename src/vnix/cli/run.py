@@ -95,12 +95,21 @@ def _choose_driver(driver: str | None, accel: str | None,
 
 
 def _native_argv(config: MachineConfig, workdir: Path, stats_path: str | None) -> list[str]:
-    """``python -m vnix.vmm --config FILE``: the MachineConfig's JSON is the VMM's wire format."""
+    """``python -m vnix.vmm --config FILE --disk ...``: the MachineConfig's JSON is the VMM's
+    wire format; the disks go as ``--disk`` flags, in order (the root disk first: /dev/vda), so
+    that they show in the process list as QEMU's ``-drive`` do."""
+    flags: list[str] = []
+    for d in config.disks:
+        if "," in d.path:
+            raise UsageError(f"--disk {d.path}: a path with a comma cannot be passed to the VMM")
+        flags += ["--disk", f"{d.path},format={d.format}" + (",readonly=on" if d.readonly else "")]
+    wire = MachineConfig.from_json(config.to_json())
+    wire.disks = []
     config_path = workdir / "machine.json"
-    config_path.write_text(config.to_json())
+    config_path.write_text(wire.to_json())
     from vnix.vmm.launch import vmm_argv
 
-    argv = vmm_argv(["--config", str(config_path)])
+    argv = vmm_argv(["--config", str(config_path), *flags])
     if stats_path:
         argv += ["--stats-json", stats_path]
     return argv
@@ -174,9 +183,12 @@ def run(
             raise UsageError(f"--api-sock {api_sock}: no such directory, or too long for a Unix socket")
     err_console.print(reason, markup=False)
     workdir = tempfile.TemporaryDirectory(prefix="vnix-run-")
-    if use_rootfs and chosen == "qemu" and img and img.rootfs:
+    if use_rootfs and img and img.rootfs:
         # Like a container's writable layer: the guest writes to a throwaway qcow2 overlay, so
-        # the image stays pristine and two guests never share one writable ext4.
+        # the image stays pristine and two guests never share one writable ext4. The same with
+        # either driver: the native VMM's virtio-blk reads qcow2 overlays over a raw base too.
+        # (On a host whose KVM only emulates guest kernel code, as kvm_pvm does, a Linux boot on
+        # the native VMM does not get as far as mounting it: that needs hardware-assisted KVM.)
         config.disks.insert(0, DiskConfig(_overlay(img.rootfs, Path(workdir.name)), format="qcow2"))
     stats_path: str | None = None
     if chosen == "native":
