@@ -21,7 +21,6 @@ import enum
 import signal
 import sys
 import threading
-from dataclasses import dataclass, field
 from typing import Callable
 
 from vnix.kvm import KvmError, Vcpu
@@ -48,6 +47,7 @@ from vnix.kvm.exits import (
 )
 from vnix.vmm import VmmError
 from vnix.vmm.devices.bus import MmioBus, PioBus
+from vnix.vmm.record import Record
 from vnix.vmm.exitcodes import (
     EMULATION_FAILURE,
     GUEST_PANIC,
@@ -331,24 +331,19 @@ def _system_event_stop(etype: int, vcpu_id: int) -> Stop:
 
 
 # -- snapshots -------------------------------------------------------------------------------------
-@dataclass
-class VcpuState:
+class VcpuState(Record):
     """Everything KVM keeps for one vCPU, each piece as the raw bytes of its KVM struct
     (sizes checked on restore). ``msrs`` are (index, value) pairs: the MSRs KVM lists as
     saveable (KVM_GET_MSR_INDEX_LIST) that it also lets us read, the TSC among them."""
 
-    id: int
-    cpuid: bytes  # kvm_cpuid_entry2 entries, back to back
-    regs: bytes
-    sregs: bytes
-    fpu: bytes
-    xsave: bytes
-    xcrs: bytes
-    lapic: bytes
-    debugregs: bytes
-    events: bytes
-    mp_state: int
-    msrs: list[list[int]] = field(default_factory=list)
+    __slots__ = ("id", "cpuid", "regs", "sregs", "fpu", "xsave", "xcrs", "lapic", "debugregs", "events",
+                 "mp_state", "msrs")
+
+    def __init__(self, id: int, cpuid: bytes, regs: bytes, sregs: bytes, fpu: bytes, xsave: bytes, xcrs: bytes,
+                 lapic: bytes, debugregs: bytes, events: bytes, mp_state: int, msrs: list[list[int]]) -> None:
+        self.id, self.cpuid, self.regs, self.sregs, self.fpu, self.xsave = id, cpuid, regs, sregs, fpu, xsave
+        self.xcrs, self.lapic, self.debugregs, self.events = xcrs, lapic, debugregs, events
+        self.mp_state, self.msrs = mp_state, msrs
 
 
 def readable_msrs(vcpu: Vcpu, indices: list[int]) -> list[int]:

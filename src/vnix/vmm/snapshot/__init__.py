@@ -23,9 +23,27 @@ Error tree::
 from __future__ import annotations
 
 from vnix.vmm.snapshot.errors import SnapshotError, SnapshotMismatch
-from vnix.vmm.snapshot.load import MachineSnapshot, load_snapshot
-from vnix.vmm.snapshot.restore import SnapshotOverrides
-from vnix.vmm.snapshot.save import SnapshotInfo, save_machine
+
+# The rest is imported when first used (PEP 562): a VMM restoring a snapshot does not import
+# the saving side, and a VMM that never snapshots imports none of it.
+_LAZY = {"MachineSnapshot": "load", "load_snapshot": "load", "SnapshotOverrides": "restore",
+         "SnapshotInfo": "save", "save_machine": "save"}
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from vnix.vmm.snapshot.load import MachineSnapshot, load_snapshot
+    from vnix.vmm.snapshot.restore import SnapshotOverrides
+    from vnix.vmm.snapshot.save import SnapshotInfo, save_machine
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
 
 __all__ = ["MachineSnapshot", "SnapshotError", "SnapshotInfo", "SnapshotMismatch", "SnapshotOverrides",
            "load_snapshot", "save_machine"]

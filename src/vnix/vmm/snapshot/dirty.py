@@ -8,11 +8,14 @@ Page numbers here are guest-physical (address // 4096).
 """
 from __future__ import annotations
 
-from typing import Any, Iterable
-
 from vnix.kvm import ioctls as k
 from vnix.vmm.devices.virtio.constants import USED_ELEM_SIZE
 from vnix.vmm.memory import PAGE_SIZE, GuestMemory
+
+TYPE_CHECKING = False  # typing is not imported at run time (the VMM start path; mypy reads True)
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+    from typing import Any
 
 
 def bitmap_pages(bitmap: bytes, first_page: int) -> Iterable[int]:

@@ -3,28 +3,27 @@ from __future__ import annotations
 
 import os
 import zlib
-from dataclasses import dataclass, field
-from typing import Literal
 
 from vnix.vmm import GuestMemoryError
 from vnix.vmm.memory import PAGE_SIZE, GuestMemory
 from vnix.vmm.snapshot import codec, format as fmt
 from vnix.vmm.snapshot.errors import SnapshotError, SnapshotMismatch
-from vnix.vmm.snapshot.save import guest_page_of, ram_views
+from vnix.vmm.snapshot.ram import guest_page_of, ram_views
 from vnix.vmm.snapshot.state import MachineState
+
+TYPE_CHECKING = False  # typing is not imported at run time (the VMM start path; mypy reads True)
+if TYPE_CHECKING:
+    from typing import Literal
 
 MAX_CHAIN = 64  # diffs on diffs on a full snapshot
 
 
-@dataclass
 class SnapshotLayer:
     """One file of a chain: its header, state and the RAM pages it stores."""
 
-    path: str
-    fd: int
-    header: fmt.Header
-    state: MachineState
-    extents: list[tuple[int, int]]
+    def __init__(self, path: str, fd: int, header: fmt.Header, state: MachineState,
+                 extents: list[tuple[int, int]]) -> None:
+        self.path, self.fd, self.header, self.state, self.extents = path, fd, header, state, extents
 
     @property
     def dense(self) -> bool:
@@ -35,15 +34,13 @@ class SnapshotLayer:
         return self.header.sections["memory"]
 
 
-@dataclass
 class MachineSnapshot:
     """A loaded, checked snapshot: its state, and the chain of files that hold its RAM (a full
     snapshot first, then each diff on it, this one last). Holds the files open until
     :meth:`close`."""
 
-    path: str
-    state: MachineState
-    layers: list[SnapshotLayer] = field(default_factory=list)
+    def __init__(self, path: str, state: MachineState, layers: list[SnapshotLayer]) -> None:
+        self.path, self.state, self.layers = path, state, layers
 
     @property
     def kind(self) -> Literal["full", "diff"]:

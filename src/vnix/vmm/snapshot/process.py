@@ -8,9 +8,11 @@ vsock socket); the rest of the machine (memory, vCPUs, kernel) is the snapshot's
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
 from vnix.vmm import ConfigError
+
+TYPE_CHECKING = False  # typing is not imported at run time (the VMM start path; mypy reads True)
+if TYPE_CHECKING:
+    from typing import Any
 
 if TYPE_CHECKING:
     from vnix.vmm.machine import Machine

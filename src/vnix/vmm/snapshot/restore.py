@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import copy
 import os
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
 
 from vnix.kvm import Kvm, KvmError
 from vnix.kvm import ioctls as k
@@ -31,22 +29,27 @@ from vnix.vmm.devices.virtio.constants import STATUS_DRIVER_OK
 from vnix.vmm.snapshot.dirty import DirtyTracker
 from vnix.vmm.snapshot.errors import SnapshotError, SnapshotMismatch
 from vnix.vmm.snapshot.load import MachineSnapshot
+from vnix.vmm.record import Record
 from vnix.vmm.vcpu import restore_vcpu_state
 
+TYPE_CHECKING = False  # typing is not imported at run time (the VMM start path; mypy reads True)
 if TYPE_CHECKING:
+    from typing import Literal
+
     from vnix.vmm.console import Console
     from vnix.vmm.machine import Machine
     from vnix.vmm.stats import Stats
 
 
-@dataclass
-class SnapshotOverrides:
+class SnapshotOverrides(Record):
     """What a clone changes. Lists replace the saved ones whole and must be as long (the guest
     has that many devices); a net's MAC, when given, is what the guest reads from then on."""
 
-    disks: list[DiskConfig] | None = None
-    nets: list[NetConfig] | None = None
-    vsock: VsockConfig | None = None
+    __slots__ = ("disks", "nets", "vsock")
+
+    def __init__(self, disks: list[DiskConfig] | None = None, nets: list[NetConfig] | None = None,
+                 vsock: VsockConfig | None = None) -> None:
+        self.disks, self.nets, self.vsock = disks, nets, vsock
 
 
 def effective_config(saved: MachineConfig, overrides: SnapshotOverrides | None) -> MachineConfig:

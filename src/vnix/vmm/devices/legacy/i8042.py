@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from dataclasses import dataclass
 from typing import Callable
+
+from vnix.vmm.record import Record
 
 DATA_PORT = 0x60
 COMMAND_PORT = 0x64
@@ -53,13 +54,13 @@ KBD_BAT_OK = 0xAA
 KBD_IDENTIFY = 0xF2
 
 
-@dataclass
-class I8042State:
-    ctr: int
-    status: int
-    outport: int
-    out: bytes  # bytes waiting for the guest at 0x60
-    expect: int | None  # a command waiting for its data byte
+class I8042State(Record):
+    """Controller registers, the bytes waiting for the guest at 0x60, a command waiting for data."""
+
+    __slots__ = ("ctr", "status", "outport", "out", "expect")
+
+    def __init__(self, ctr: int, status: int, outport: int, out: bytes, expect: int | None) -> None:
+        self.ctr, self.status, self.outport, self.out, self.expect = ctr, status, outport, out, expect
 
 
 class I8042:

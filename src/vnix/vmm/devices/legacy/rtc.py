@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
+
+from vnix.vmm.record import Record
 
 INDEX_PORT = 0x70
 
@@ -70,15 +71,15 @@ def _from_bcd(value: int) -> int:
     return (value >> 4) * 10 + (value & 0x0F)
 
 
-@dataclass
-class RtcState:
+class RtcState(Record):
     """The index register, the 128 bytes of CMOS, and the guest's clock as an offset from the
     host's (so after a restore the RTC shows the host's time plus that offset, as a battery-backed
     clock would)."""
 
-    index: int
-    cmos: bytes
-    offset: float
+    __slots__ = ("index", "cmos", "offset")
+
+    def __init__(self, index: int, cmos: bytes, offset: float) -> None:
+        self.index, self.cmos, self.offset = index, cmos, offset
 
 
 class Rtc:

@@ -29,8 +29,9 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from dataclasses import dataclass
 from typing import Callable
+
+from vnix.vmm.record import Record
 
 # IER bits
 IER_RDA = 0x01
@@ -80,23 +81,17 @@ COM1_IRQ = 4
 PORT_COUNT = 8
 
 
-@dataclass
-class SerialState:
+class SerialState(Record):
     """The registers, the receive FIFO's bytes, the latched THRE interrupt and the IRQ line level."""
 
-    ier: int
-    lcr: int
-    mcr: int
-    lsr: int
-    msr: int
-    scr: int
-    dll: int
-    dlm: int
-    fcr: int
-    rx: bytes
-    thr_pending: bool
-    line: int
-    bytes_out: int = 0
+    __slots__ = ("ier", "lcr", "mcr", "lsr", "msr", "scr", "dll", "dlm", "fcr", "rx", "thr_pending", "line",
+                 "bytes_out")
+
+    def __init__(self, ier: int, lcr: int, mcr: int, lsr: int, msr: int, scr: int, dll: int, dlm: int, fcr: int,
+                 rx: bytes, thr_pending: bool, line: int, bytes_out: int = 0) -> None:
+        self.ier, self.lcr, self.mcr, self.lsr, self.msr, self.scr = ier, lcr, mcr, lsr, msr, scr
+        self.dll, self.dlm, self.fcr, self.rx = dll, dlm, fcr, rx
+        self.thr_pending, self.line, self.bytes_out = thr_pending, line, bytes_out
 
 
 class Serial:
