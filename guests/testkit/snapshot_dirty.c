@@ -6,7 +6,8 @@
  * into its DMA page (a page only the VMM writes), and prints
  *   "wrote n: <address> ..."  "dma: <address>"  "done n"
  * so the host can compare a diff snapshot taken after each command with exactly those pages.
- * 'q' ends the guest. */
+ * 'f' fills every usable page above the image (ring 3, one word a page; for benchmarks)
+ * and prints "filled <MiB>". 'q' ends the guest. */
 #include "virtio.h"
 
 const char testkit_name[] = "snapshot_dirty";
@@ -48,6 +49,19 @@ static bool dma_read(void)
 	return virtq_wait(&vq, &used, 5000) && status_byte == 0;
 }
 
+static uint64_t fill_job(uint64_t seed)
+{
+	uint64_t pages = 0, image_end = ((uint64_t)_end + 4095) & ~4095ull;
+	for (uint32_t i = 0; i < boot.memmap_entries; i++) {
+		const struct hvm_memmap_entry *e = &boot.memmap[i];
+		if (e->type != E820_RAM) continue;
+		uint64_t s = e->addr > image_end ? e->addr : image_end, end = (e->addr + e->size) & ~4095ull;
+		for (uint64_t a = (s + 4095) & ~4095ull; a < end && a < (1ull << 32); a += 4096, pages++)
+			*(volatile uint64_t *)a = a ^ seed;
+	}
+	return pages;
+}
+
 void testkit_main(void)
 {
 	struct madt_info m;
@@ -68,6 +82,11 @@ void testkit_main(void)
 		int c = wait_byte();
 		if (c == 'q')
 			break;
+		if (c == 'f') {
+			uint64_t n = run_user(fill_job, 0x5eed);
+			printf("filled %lu\n", n / 256);
+			continue;
+		}
 		if (c < '0' || c > '9')
 			continue;
 		uint32_t n = (uint32_t)(c - '0');
