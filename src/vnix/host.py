@@ -76,26 +76,6 @@ def has_capability(status_text: str, cap: int) -> bool:
     return bool(m and int(m.group(1), 16) >> cap & 1)
 
 
-# CPUID bits the main features live in: (leaf, subleaf, register, bit, name), from the Intel SDM
-# vol. 2A, CPUID instruction, tables 3-10/3-11 (leaf 1) and 3-8 (leaf 7).
-_FEATURES = [
-    (1, 0, "edx", 25, "sse"), (1, 0, "edx", 26, "sse2"), (1, 0, "ecx", 0, "sse3"),
-    (1, 0, "ecx", 19, "sse4_1"), (1, 0, "ecx", 20, "sse4_2"), (1, 0, "ecx", 13, "cx16"),
-    (1, 0, "ecx", 17, "pcid"), (1, 0, "ecx", 21, "x2apic"), (1, 0, "ecx", 23, "popcnt"),
-    (1, 0, "ecx", 24, "tsc_deadline"), (1, 0, "ecx", 25, "aes"), (1, 0, "ecx", 26, "xsave"),
-    (1, 0, "ecx", 28, "avx"), (1, 0, "ecx", 30, "rdrand"), (1, 0, "ecx", 31, "hypervisor"),
-    (7, 0, "ebx", 5, "avx2"), (7, 0, "ebx", 7, "smep"), (7, 0, "ebx", 20, "smap"),
-    (7, 0, "ebx", 16, "avx512f"), (7, 0, "ebx", 18, "rdseed"),
-]
-
-
-def describe_cpuid(entries: list[tuple[int, int, int, int, int, int]]) -> list[str]:
-    """(function, index, eax, ebx, ecx, edx) entries -> names of the main features present."""
-    regs = {(f, i): {"eax": a, "ebx": b, "ecx": c, "edx": d} for f, i, a, b, c, d in entries}
-    return [name for leaf, sub, reg, bit, name in _FEATURES
-            if (leaf, sub) in regs and regs[(leaf, sub)][reg] >> bit & 1]
-
-
 # -- probes ---------------------------------------------------------------------------------------
 def _loaded_modules() -> set[str]:
     try:
@@ -148,13 +128,15 @@ def _cpu_features_check() -> Check:
             entries = kvm.get_supported_cpuid()
     except Exception as exc:  # any failure here is a finding, not a crash
         return Check("warn", "guest CPU features", f"KVM_GET_SUPPORTED_CPUID failed: {exc}")
-    try:
-        from vnix.vmm.arch.x86.cpuid import describe_features  # type: ignore[attr-defined]
+    # What the guest will see is KVM's set after the VMM's CPUID policy (which, for example, hides
+    # CX16 and PCID on software-nested hosts), so describe that, not the raw supported set.
+    from vnix.vmm.arch.x86.cpu_state import CpuidEntry
+    from vnix.vmm.arch.x86.cpuid import describe_features, guest_cpuid
 
-        names = list(describe_features(entries))
-    except (ImportError, AttributeError, TypeError):
-        names = describe_cpuid([(e.function, e.index, e.eax, e.ebx, e.ecx, e.edx) for e in entries])
-    return Check("ok", "guest CPU features", f"{len(entries)} CPUID leaves; " + " ".join(names))
+    supported = [CpuidEntry(e.function, e.index, e.flags, e.eax, e.ebx, e.ecx, e.edx) for e in entries]
+    guest = guest_cpuid(supported, 0, 1)
+    names = list(describe_features(guest))
+    return Check("ok", "guest CPU features", f"{len(guest)} CPUID leaves; " + " ".join(names))
 
 
 def _capabilities_check() -> Check:

@@ -1,7 +1,7 @@
 """Parsing behind `vnix host check` and the driver recommendation."""
 from __future__ import annotations
 
-from vnix.host import Check, cpu_flags, describe_cpuid, has_capability, kvm_kind, parse_qemu_version
+from vnix.host import Check, cpu_flags, has_capability, kvm_kind, parse_qemu_version
 
 INTEL = "processor\t: 0\nflags\t\t: fpu vme vmx sse sse2 ssse3\n\nprocessor\t: 1\nflags\t\t: fpu\n"
 NESTED = "processor\t: 0\nflags\t\t: fpu sse sse2 hypervisor\n"
@@ -28,14 +28,6 @@ def test_qemu_version_and_capabilities() -> None:
     assert has_capability("Name:\tx\nCapEff:\t000001ffffffffff\n", 12)
     assert not has_capability("CapEff:\t0000000000000000\n", 12)
     assert not has_capability("", 12)
-
-
-def test_describe_cpuid() -> None:
-    leaf1_ecx = (1 << 20) | (1 << 28)  # sse4_2, avx
-    leaf1_edx = (1 << 25) | (1 << 26)  # sse, sse2
-    leaf7_ebx = 1 << 5  # avx2
-    names = describe_cpuid([(1, 0, 0, 0, leaf1_ecx, leaf1_edx), (7, 0, 0, leaf7_ebx, 0, 0)])
-    assert names == ["sse", "sse2", "sse4_2", "avx", "avx2"]
 
 
 def test_check_line_format() -> None:
