@@ -12,6 +12,9 @@
  * tcp_echo=N (serve until one TCP connection to port 7 has echoed N bytes and closed both ways)
  * tcp_client=N (connect to peer's port 7, or the host's without peer=, send N bytes of the
  * pattern, check the echo byte for byte, close)
+ * tcp_drop=N (fault injection: lose every Nth TCP data segment received and sent, first
+ * transmissions only, so that retransmission on timeout, duplicate ACKs and the in-order rule
+ * do their work)
  * tcp_bench=MIB (after END, and after the UDP bench: print "tcp_bench: listening", then serve
  * one source connection (port 19, MIB MiB to the host) and one discard connection (port 9)).
  *
@@ -44,6 +47,9 @@ static bool tx_unkicked;	/* frames queued since the last notify */
 static uint8_t mac[6], host_mac[6], peer_mac[6];
 static uint32_t my_ip, host_ip, peer_ip;
 static uint16_t udp_port;
+static uint32_t tcp_drop, tcp_in_count, tcp_out_count;	/* tcp_drop=N fault injection */
+static uint32_t tcp_in_top, tcp_out_top;	/* right edges of the segments seen: retransmissions pass */
+
 
 /* what ring 3 found, printed by ring 0 */
 static struct {
@@ -59,6 +65,18 @@ static struct {
 
 static uint16_t be16(uint16_t v) { return (uint16_t)(v << 8 | v >> 8); }
 static uint32_t be32(uint32_t v) { return be16(v & 0xffff) << 16 | be16(v >> 16); }
+
+/* tcp_drop: every Nth first transmission is lost (a retransmission always passes, or the
+ * peers' backed-off timers, not the stack, would set the test's pace). */
+static bool tcp_lose(const uint8_t *seg, uint32_t len, uint32_t *count, uint32_t *top)
+{
+	uint32_t seq = be32(*(const uint32_t *)(seg + 4)), hl = (uint32_t)(seg[12] >> 4) * 4;
+	if (len <= hl) return false;	/* no data: never lost (lost ACKs would test nothing new) */
+	uint32_t end = seq + (len - hl);
+	if (*count && (int32_t)(end - *top) <= 0) return false;	/* a retransmission */
+	*top = end;
+	return ++*count % tcp_drop == 0;
+}
 
 static uint32_t parse_ip(const char *s)
 {
@@ -265,6 +283,7 @@ static void handle(uint8_t *f, uint32_t n)
 	uint8_t *p = (uint8_t *)ip + ihl;
 	uint32_t pn = len - ihl, src = be32(ip->src);
 	if (ip->proto == 6 && !(ip->frag & be16(0x3fff))) {	/* TCP, not a fragment */
+		if (tcp_drop && pn >= 20 && tcp_lose(p, pn, &tcp_in_count, &tcp_in_top)) return;
 		if (!arp_lookup(src)) arp_learn(src, e->src);
 		tcp_input(src, my_ip, p, pn);
 		return;
@@ -339,6 +358,8 @@ static uint8_t *seg_alloc(uint32_t dst, uint32_t len)
 static void seg_send(uint32_t len)
 {
 	uint32_t n = 14 + 20 + len;
+	if (tcp_drop && tcp_lose(txbuf[txq.avail.idx % txq.size] + HDR + 14 + 20, len, &tcp_out_count, &tcp_out_top))
+		return;	/* "lost" (its tx slot is reused): only our retransmission timer brings it back */
 	tx_queue(n < 60 ? 60 : n, false);	/* kicked once a round, in net_step */
 }
 
@@ -583,6 +604,7 @@ void testkit_main(void)
 	echo_wanted = parse_uint(cmdline_value("tcp_echo"), 0);
 	client_total = parse_uint(cmdline_value("tcp_client"), 0);
 	tcp_bench_mib = parse_uint(cmdline_value("tcp_bench"), 0);
+	tcp_drop = parse_uint(cmdline_value("tcp_drop"), 0);
 	tcp_init(my_ip, &tcp_ops);
 	for (int i = 0; i < TCP_MAX_CONNS; i++) tcp_buffers(i, tcp_sbuf[i], TCP_BUF, tcp_rbuf[i], TCP_BUF);
 	tcp_listen(7);

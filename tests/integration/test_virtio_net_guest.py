@@ -85,6 +85,28 @@ def test_frames_both_ways_same_report_as_qemu() -> None:
     assert v.report.facts["tcp_bad_checksums"] == "0"
 
 
+def test_tcp_survives_lost_segments() -> None:
+    """``tcp_drop=10``: the guest loses every 10th TCP data segment it receives and every 10th
+    it sends (first transmissions). The echo still arrives whole and in order: the guest
+    retransmitted its lost segments on timeout and asked for the host's again with duplicate
+    ACKs."""
+    probe.make_link("vnxn1", "tap", "198.19.249.1/24")
+    data = os.urandom(100_000)
+    result: dict[str, probe.TcpEcho] = {}
+    talker = threading.Thread(target=lambda: result.setdefault("echo", probe.tcp_echo("198.19.249.2", data, timeout=60)))
+    try:
+        talker.start()
+        r = run("vnix", "virtio_net", nics=(Nic("vnxn1", MAC),), timeout=120,
+                cmdline=f"ip=198.19.249.2 host=198.19.249.1 tcp_echo={len(data)} tcp_drop=10 serve_ms=90000")
+        talker.join(90)
+    finally:
+        probe.delete_link("vnxn1")
+    assert r.passed, r.output + r.stderr
+    assert result["echo"].equal and result["echo"].eof_after_close
+    assert int(r.report.extras["tcp_retransmits"]) >= 1
+    assert int(r.report.extras["tcp_dup_acks"]) >= 1
+
+
 def test_two_vms_on_one_bridge_reach_each_other() -> None:
     """vnix creates both taps (by name) and puts them on the bridge itself (``bridge=``). Both
     ping each other; A serves TCP echo, B connects to A and checks the echo byte for byte."""
