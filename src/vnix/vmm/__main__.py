@@ -26,12 +26,15 @@ gc.disable()
 
 import os  # noqa: E402
 import sys  # noqa: E402
-from typing import Sequence  # noqa: E402
 
 from vnix.errors import UsageError, VnixError  # noqa: E402
 from vnix.vmm import ConfigError  # noqa: E402
 from vnix.vmm.config import MachineConfig, parse_size_mib  # noqa: E402
 from vnix.vmm.exitcodes import BAD_CONFIG, VMM_FAILURE  # noqa: E402
+
+TYPE_CHECKING = False  # typing is not imported at VMM start-up (mypy reads this name as True)
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 PROG = "vnix-vmm"
 
@@ -189,6 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from vnix.vmm.stats import Stats
 
     stats = Stats(T0)
+    api_listener = None
     try:
         args = parse_args(sys.argv[1:] if argv is None else argv)
         if args.help:
@@ -209,9 +213,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             if serial_sock is not None:
                 machine.console.listen(serial_sock)
             if api_sock is not None:
-                from vnix.vmm.api import serve
+                from vnix.vmm.api import listen
 
-                serve(machine, api_sock)
+                api_listener = listen(api_sock)  # bound now, served once the guest runs
         except OSError as exc:
             raise ConfigError(f"cannot serve a Unix socket: {exc.strerror} ({exc.filename or api_sock})") from None
     except UsageError as exc:
@@ -227,12 +231,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         _say(f"internal error: {exc!r}")
         return VMM_FAILURE
 
+    on_running = None
+    if api_sock is not None and api_listener is not None:
+        path, listener = api_sock, api_listener
+
+        def on_running() -> None:
+            """The control API's modules load after the boot vCPU's first KVM_RUN: off the
+            start path. Clients that connected earlier are waiting in the listen backlog."""
+            from vnix.vmm.api import serve
+
+            serve(machine, path, listener)
+
     gc.freeze()  # what start-up built stays: later collections need not walk it
     gc.enable()
-    stop = machine.run()
+    stop = machine.run(on_running)
     stats.finish(stop.status, stop.reason)
     if machine.api is not None:
         machine.api.close()  # type: ignore[attr-defined]
+    elif api_listener is not None:  # the VM ended before the API was served
+        api_listener.close()
+        try:
+            os.unlink(api_sock)  # type: ignore[arg-type]
+        except OSError:
+            pass
     machine.console.close()
     if getattr(machine, "pci", None) is not None:  # devices' host resources: taps, vsock socket file
         machine.pci.close()

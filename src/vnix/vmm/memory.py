@@ -26,26 +26,34 @@ import ctypes
 import mmap
 import os
 import struct
-from dataclasses import dataclass
-from typing import Iterator, Sequence, TypeVar
 
 from vnix.vmm import GuestMemoryError
+from vnix.vmm.record import Record
+
+TYPE_CHECKING = False  # typing is not imported at VMM start-up (mypy reads this name as True)
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Sequence
+    from typing import TypeVar
+
+    _T = TypeVar("_T", bound=ctypes.Structure)
 
 PAGE_SIZE = 4096
 _PRESENT_OR_SWAPPED = bytes(1 if b & 0xC0 else 0 for b in range(256))  # pagemap entry, top byte
 
-_T = TypeVar("_T", bound=ctypes.Structure)
 
 
-@dataclass
-class MemoryRegion:
+class MemoryRegion(Record):
     """One contiguous piece of guest RAM backed by one host mapping."""
 
-    guest_addr: int
-    size: int
-    mapping: mmap.mmap
-    host_address: int  # user-space address of the mapping, for KVM_SET_USER_MEMORY_REGION
-    file_backed: bool = False  # mapped MAP_PRIVATE from a snapshot: unread pages hold file data
+    __slots__ = ("guest_addr", "size", "mapping", "host_address", "file_backed")
+
+    def __init__(self, guest_addr: int, size: int, mapping: mmap.mmap, host_address: int,
+                 file_backed: bool = False) -> None:
+        self.guest_addr = guest_addr
+        self.size = size
+        self.mapping = mapping
+        self.host_address = host_address  # user-space address of the mapping, for KVM_SET_USER_MEMORY_REGION
+        self.file_backed = file_backed  # mapped MAP_PRIVATE from a snapshot: unread pages hold file data
 
     @property
     def end(self) -> int:

@@ -16,9 +16,11 @@ supported and are ignored; the guest keeps running.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from vnix.vmm.exitcodes import POWEROFF, REBOOT, Stop
+
+TYPE_CHECKING = False  # typing is not imported at VMM start-up (mypy reads this name as True)
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 BASE_PORT = 0x600
 PORT_COUNT = 3

@@ -6,9 +6,11 @@ A write of value V to any of its ports ends the VMM with status ``(V << 1) | 1``
 """
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from vnix.vmm.exitcodes import Stop, debug_exit_status
+
+TYPE_CHECKING = False  # typing is not imported at VMM start-up (mypy reads this name as True)
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 PORT = 0x501
 PORT_COUNT = 2

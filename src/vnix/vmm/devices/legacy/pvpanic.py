@@ -8,9 +8,11 @@ Bits the device did not offer are ignored.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
-
 from vnix.vmm.exitcodes import GUEST_PANIC, Stop
+
+TYPE_CHECKING = False  # typing is not imported at VMM start-up (mypy reads this name as True)
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 PORT = 0x505
 PANICKED = 0x01

@@ -29,9 +29,12 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from typing import Callable
 
 from vnix.vmm.record import Record
+
+TYPE_CHECKING = False  # typing is not imported at VMM start-up (mypy reads this name as True)
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 # IER bits
 IER_RDA = 0x01

@@ -1,0 +1,96 @@
+"""The VMM's start path stays lean: no ``dataclasses``, ``typing``, ``enum``, ``re`` or ``json``
+before the guest runs (issue 2's start-up figures; each costs 1-7 ms of a ~40 ms start).
+
+The path checked is the plain boot of a test-kit guest with the device set of QEMU microvm
+(``--rng off --balloon off``: no PCI/virtio code), as ``benchmarks/boot.py`` runs it. The VMM
+runs in a subprocess started the way every launcher starts it (``vnix.vmm.launch``), and its
+``sys.modules`` is inspected there.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vnix.testkit import guest_path
+from vnix.testkit.runner import DEBUG_EXIT_OK
+from vnix.vmm.launch import bootstrap_code
+
+#: modules the start path must not import (what each costs the VMM's start-up, roughly):
+#: dataclasses ~7 ms (inspect, ast, dis), typing ~5 ms (re, contextlib), enum ~1.5 ms,
+#: re ~2.5 ms, json ~1 ms
+FORBIDDEN = ("dataclasses", "typing", "enum", "re", "json")
+NO_VIRTIO = ["--rng", "off", "--balloon", "off"]
+ELF = guest_path("boot")
+needs_guest = pytest.mark.skipif(not ELF.exists(), reason="test-kit guests not built (make -C guests/testkit)")
+
+
+def _vmm_args(elf: Path) -> list[str]:
+    return ["--kernel", str(elf), "--memory", "128M", "--cpus", "1", "--debug-exit", *NO_VIRTIO]
+
+
+def _run(program: str, args: list[str], *, timeout: float = 60) -> tuple[subprocess.CompletedProcess[str], set[str]]:
+    """``program`` in a VMM-like interpreter (``-I -S``, vnix's bootstrap ``sys.path``); it ends
+    by writing ``MODULES <names>`` to stderr."""
+    boot = bootstrap_code().replace("from vnix.vmm.__main__ import entry;entry()", "")
+    proc = subprocess.run([sys.executable, "-I", "-S", "-c", boot + "\n" + program, *args],
+                          capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("MODULES ")]
+    assert lines, f"no module list (status {proc.returncode}): {proc.stderr[-2000:]}"
+    return proc, set(lines[-1].split()[1:])
+
+
+_DUMP = "sys.stderr.write('MODULES ' + ' '.join(sorted(sys.modules)) + '\\n'); sys.stderr.flush()"
+
+
+@needs_guest
+def test_the_boot_path_imports_nothing_heavy_without_kvm() -> None:
+    """Everything the boot imports, run as far as it goes without /dev/kvm: the command line,
+    the config, the machine and devices, the stats, guest RAM and the kernel loader (which
+    imports the ELF/PVH/ACPI/MP-table code), and the modules ``Machine.build`` imports later."""
+    program = f"""
+from vnix.vmm.__main__ import config_from_args, parse_args, socket_paths
+from vnix.vmm.stats import Stats
+stats = Stats(0.0)
+args = parse_args(sys.argv[1:])
+socket_paths(args)
+config = config_from_args(args)
+assert not config.rng and not config.balloon
+from vnix.vmm import machine
+from vnix.vmm.memory import GuestMemory
+mem = GuestMemory(machine.ram_layout(config.memory_mib << 20))
+machine.linux_loader(mem, config.kernel, config.initrd, config.cmdline, config.cpus)
+import vnix.kvm.vm, vnix.vmm.arch.x86.cpuid, vnix.vmm.arch.x86.msrs, vnix.vmm.arch.x86.layout
+{_DUMP}
+"""
+    proc, modules = _run(program, _vmm_args(ELF))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "vnix.vmm.arch.x86.boot" in modules and "vnix.vmm.machine" in modules
+    heavy = sorted(set(FORBIDDEN) & modules)
+    assert not heavy, f"the VMM's start path imports {heavy}"
+
+
+@needs_guest
+@pytest.mark.kvm
+@pytest.mark.skipif(not os.access("/dev/kvm", os.R_OK | os.W_OK), reason="needs /dev/kvm")
+def test_a_whole_boot_imports_nothing_heavy() -> None:
+    """The real VMM boots the ``boot`` guest to its debug-exit; ``sys.modules`` is read as it
+    ends (``os._exit`` wrapped), so the whole run counts, not only the start."""
+    program = f"""
+import os
+_exit = os._exit
+def _dump_and_exit(status):
+    {_DUMP}
+    _exit(status)
+os._exit = _dump_and_exit
+from vnix.vmm.__main__ import entry
+entry()
+"""
+    proc, modules = _run(program, _vmm_args(ELF))
+    assert proc.returncode == DEBUG_EXIT_OK, proc.stderr[-2000:]
+    assert "vnix.vmm.vcpu" in modules
+    heavy = sorted(set(FORBIDDEN) & modules)
+    assert not heavy, f"booting a test-kit guest imports {heavy}"
