@@ -144,14 +144,13 @@ class UnixHttpServer:
         self._sock: _socket.socket | None = None
         self.requests = 0
 
-    def start(self) -> None:
-        """Bind (replacing a stale socket file) and serve. Raises OSError."""
-        if os.path.exists(self.path):
-            os.unlink(self.path)
-        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
-        sock.bind(self.path)
-        os.chmod(self.path, 0o600)  # the control socket is its owner's only
-        sock.listen(64)  # waiting connections; beyond that connect() fails with EAGAIN
+    def start(self, sock: _socket.socket | None = None) -> None:
+        """Serve on ``sock``, a socket already listening at ``path``, or else bind one there
+        (:func:`vnix.vmm.api.listen`: a stale socket file is replaced). Raises OSError."""
+        if sock is None:
+            from vnix.vmm.api import listen
+
+            sock = listen(self.path)
         self._sock = sock
         threading.Thread(target=self._accept, name="api-accept", daemon=True).start()
 
