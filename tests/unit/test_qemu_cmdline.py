@@ -86,3 +86,13 @@ def test_qmp_vnc_serial_debug_exit_and_extra() -> None:
 def test_bad_accel_refused() -> None:
     with pytest.raises(ValueError):
         qemu_argv(MachineConfig(kernel="/k"), accel="hvf")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("rng,balloon", [(True, True), (True, False), (False, True), (False, False)])
+def test_rng_and_balloon_follow_the_config(rng: bool, balloon: bool) -> None:
+    """``--rng off`` / ``--balloon off`` mean the same device set under QEMU as on the native VMM."""
+    cfg = MachineConfig(kernel="/k", rng=rng, balloon=balloon)
+    devices = _opt(qemu_argv(cfg, accel="tcg"), "-device")
+    assert any(d.startswith("virtio-balloon") for d in devices) == balloon
+    assert any(d.startswith("virtio-rng") for d in devices) == rng
+    assert ("rng-random,id=rng0,filename=/dev/urandom" in _opt(qemu_argv(cfg, accel="tcg"), "-object")) == rng

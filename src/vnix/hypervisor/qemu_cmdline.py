@@ -11,7 +11,8 @@ documentation (``qemu-system-x86_64 -device help``, docs/system/invocation):
 * nets: ``-netdev tap`` (or ``bridge`` through qemu-bridge-helper, or ``user``) plus
   ``virtio-net-pci`` with the configured MAC.
 * a virtio balloon and a virtio RNG fed from ``/dev/urandom`` (a guest without them waits for
-  entropy and cannot give memory back).
+  entropy and cannot give memory back), unless ``MachineConfig.balloon`` / ``.rng`` turn them
+  off (``--balloon off`` / ``--rng off`` on the native VMM: the same device set on both).
 * ``-no-reboot``: a guest reboot ends QEMU, as a reboot ends the native VMM (exit status 10 there).
 
 The guest's architecture (``MachineConfig.arch``) picks the emulator and its board
@@ -143,11 +144,13 @@ def qemu_argv(
             device += f",mac={net.mac}"
         argv += ["-netdev", netdev, "-device", device]
 
-    argv += ["-device", _virtio("virtio-balloon", machine)]
-    argv += [
-        "-object", "rng-random,id=rng0,filename=/dev/urandom",
-        "-device", f"{_virtio('virtio-rng', machine)},rng=rng0",
-    ]
+    if config.balloon:
+        argv += ["-device", _virtio("virtio-balloon", machine)]
+    if config.rng:
+        argv += [
+            "-object", "rng-random,id=rng0,filename=/dev/urandom",
+            "-device", f"{_virtio('virtio-rng', machine)},rng=rng0",
+        ]
     if config.debug_exit:
         argv += ["-device", f"isa-debug-exit,iobase={DEBUG_EXIT_PORT:#x},iosize=0x1"]
     if qmp_socket:
