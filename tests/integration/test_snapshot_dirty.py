@@ -68,10 +68,12 @@ def test_diff_snapshots_hold_exactly_the_pages_written(tmp_path: Path) -> None:
         snapshot("full.snap", "full")
         results = {}
         for step, n in enumerate((0, 0, 1, 2, 3)):  # the first command warms up (one-time writes)
+            line = f"done {n}\n".encode()
+            seen = out.count(line)
             proc.stdin.write(str(n).encode())
             proc.stdin.flush()
-            wait_for(b"done ", step + 1)
-            assert out.endswith(f"done {n}\n".encode()), out[-200:]
+            wait_for(line, seen + 1)  # the whole line, not a read that ends inside it
+            assert out.count(b"done ") == step + 1 and out.endswith(line), out[-200:]
             info = snapshot(f"d{step}.snap", "diff")
             text = out.decode()
             text = text[text.rfind("wrote "):]  # this command's lines
