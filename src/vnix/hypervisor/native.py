@@ -23,21 +23,17 @@ from __future__ import annotations
 
 import json
 import shlex
-import socket
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
-from vnix.hypervisor.base import Hypervisor
 from vnix.hypervisor.errors import HypervisorError, Unsupported, VmProcessError
+from vnix.hypervisor.process import ProcessHypervisor
 from vnix.hypervisor.qemu_info import proc_cpu_rss
-from vnix.hypervisor.rundir import Record, RunDir, list_vms, read_from, wait_gone
-from vnix.hypervisor.spec import DiskInfo, MigrationTarget, NicInfo, SnapshotInfo, VmInfo, VmSpec
-from vnix.hypervisor.state import LIVE_STATES, VmState, require, transition
+from vnix.hypervisor.rundir import Record, RunDir, wait_gone
+from vnix.hypervisor.spec import DiskInfo, MigrationTarget, NicInfo, VmInfo, VmSpec
+from vnix.hypervisor.state import LIVE_STATES, VmState, require
 from vnix.vmm.api.client import ApiClientError, VmmApiError, VmmClient, VmmRequestError
 
 S = VmState
@@ -46,28 +42,16 @@ _API_STATES = {"running": S.RUNNING, "paused": S.PAUSED, "starting": S.RUNNING, 
 _MIGRATION = "live migration of native VMs is not implemented yet (a later issue)"
 
 
-class NativeHypervisor(Hypervisor):
+class NativeHypervisor(ProcessHypervisor):
     name = "native"
+    snapshot_suffix = ".snap"
 
     def __init__(self, run_dir: Path | str, *, python: str = sys.executable,
                  start_timeout: float = 15.0) -> None:
-        self.root = Path(run_dir)
-        self.root.mkdir(parents=True, exist_ok=True)
+        super().__init__(run_dir, start_timeout=start_timeout)
         self.python = python
-        self.start_timeout = start_timeout
-        self._locks: dict[str, threading.RLock] = {}
-        self._locks_guard = threading.Lock()
 
     # -- helpers --------------------------------------------------------------------------
-    @contextmanager
-    def _locked(self, name: str) -> Iterator[RunDir]:
-        with self._locks_guard:
-            lock = self._locks.setdefault(name, threading.RLock())
-        with lock:
-            rd = RunDir(self.root, name)
-            rd.spec()  # NoSuchVm
-            yield rd
-
     @staticmethod
     def _api(rd: RunDir, timeout: float = 10.0) -> VmmClient:
         return VmmClient(str(rd.qmp), timeout)
@@ -75,11 +59,6 @@ class NativeHypervisor(Hypervisor):
     @staticmethod
     def _stats_file(rd: RunDir) -> Path:
         return rd.path / "stats.json"
-
-    def _set(self, rd: RunDir, rec: Record, new: VmState, action: str, detail: str = "") -> None:
-        rec.state = transition(rd.name, rec.state, new, action)
-        rec.detail = detail
-        rd.save(rec)
 
     def _ended(self, rd: RunDir, rec: Record) -> Record:
         """The process is gone: its stats.json says how it ended."""
@@ -154,18 +133,12 @@ class NativeHypervisor(Hypervisor):
                 time.sleep(0.02)
         rec.accel, rec.started = "kvm", time.time()
 
-    def _end_process(self, rd: RunDir, timeout: float = 10.0) -> None:
-        """Forced stop through the API, SIGKILL if it lingers."""
-        pid = rd.pid()
-        if pid is None:
-            return
+    def _ask_to_quit(self, rd: RunDir) -> None:
+        """The API's forced stop."""
         try:
             self._api(rd, 3.0).stop(graceful=False)
         except ApiClientError:
             pass
-        if not wait_gone(pid, timeout):
-            rd.kill()
-        rd.pid_file.unlink(missing_ok=True)
 
     # -- definitions ----------------------------------------------------------------------
     def define(self, spec: VmSpec) -> None:
@@ -175,22 +148,6 @@ class NativeHypervisor(Hypervisor):
         rd = RunDir(self.root, spec.name)
         rd.create(spec)
         (rd.path / "config.json").write_text(spec.config.to_json())
-
-    def spec(self, name: str) -> VmSpec:
-        return RunDir(self.root, name).spec()
-
-    def list(self) -> list[str]:
-        return list_vms(self.root)
-
-    def state(self, name: str) -> VmState:
-        with self._locked(name) as rd:
-            return self._observe(rd).state
-
-    def destroy(self, name: str) -> None:
-        with self._locked(name) as rd:
-            self._end_process(rd, timeout=5.0)
-            rd.kill()
-            rd.remove()
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self, name: str) -> None:
@@ -225,29 +182,11 @@ class NativeHypervisor(Hypervisor):
             self._end_process(rd)
             self._set(rd, rec, S.STOPPED, "force-stop", "forced off")
 
-    def pause(self, name: str) -> None:
-        self._change(name, "pause", S.PAUSED)
-
-    def resume(self, name: str) -> None:
-        self._change(name, "resume", S.RUNNING)
-
-    def _change(self, name: str, action: str, new: VmState) -> None:
-        with self._locked(name) as rd:
-            rec = self._observe(rd)
-            require(name, rec.state, action)
-            try:
-                getattr(self._api(rd), action)()
-            except ApiClientError as exc:
-                raise VmProcessError(f"cannot {action} {name!r}: {exc}") from None
-            self._set(rd, rec, new, action)
-
-    def suspend(self, name: str) -> None:
-        with self._locked(name) as rd:
-            rec = self._observe(rd)
-            require(name, rec.state, "suspend")
-            self._save(rd, rd.suspend_file, resume=False)
-            self._end_process(rd)
-            self._set(rd, rec, S.SUSPENDED, "suspend", f"saved to {rd.suspend_file}")
+    def _command(self, rd: RunDir, action: str) -> None:
+        try:
+            getattr(self._api(rd), action)()
+        except ApiClientError as exc:
+            raise VmProcessError(f"cannot {action} {rd.name!r}: {exc}") from None
 
     def resume_from_disk(self, name: str) -> None:
         with self._locked(name) as rd:
@@ -255,7 +194,7 @@ class NativeHypervisor(Hypervisor):
             require(name, rec.state, "resume-from-disk")
             if not rd.suspend_file.is_file():
                 raise HypervisorError(f"VM {name!r} has no saved state ({rd.suspend_file} is missing)")
-            self._launch(rd, rec, restore=rd.suspend_file)
+            self._restore(rd, rec, rd.suspend_file)
             self._set(rd, rec, S.RUNNING, "resume-from-disk")
             rd.suspend_file.unlink(missing_ok=True)
 
@@ -286,46 +225,14 @@ class NativeHypervisor(Hypervisor):
                 exit_counters=counters, accel="kvm", detail=rec.detail,
             )
 
-    def console_read(self, name: str, offset: int = 0) -> tuple[bytes, int]:
-        rd = RunDir(self.root, name)
-        rd.spec()
-        return read_from(rd.console_log, offset)
-
-    def console_lines(self, name: str, limit: int = 50) -> list[str]:
-        rd = RunDir(self.root, name)
-        rd.spec()
-        size = rd.console_log.stat().st_size if rd.console_log.exists() else 0
-        data, _ = read_from(rd.console_log, max(0, size - 64 * 1024))
-        text = data.decode("utf-8", "replace").replace("\r", "")
-        return text.splitlines()[-limit:] if limit > 0 else []
-
-    def console_write(self, name: str, data: bytes) -> None:
-        with self._locked(name) as rd:
-            rec = self._observe(rd)
-            require(name, rec.state, "pause")  # needs a running guest
-            try:
-                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-                    s.settimeout(5.0)
-                    s.connect(str(rd.serial))
-                    s.sendall(data)
-                    time.sleep(0.05)  # let the VMM read before the hang-up
-            except OSError as exc:
-                raise VmProcessError(f"cannot write to {name!r}'s serial port: {exc}") from None
-
     # -- memory and snapshots -------------------------------------------------------------
-    def set_balloon(self, name: str, target_mib: int) -> None:
-        """Leave the guest ``target_mib`` MiB: the balloon holds the rest (the API takes the
-        balloon's size, Firecracker's ``amount_mib``)."""
-        with self._locked(name) as rd:
-            spec, rec = rd.spec(), self._observe(rd)
-            require(name, rec.state, "balloon")
-            if not 1 <= target_mib <= spec.config.memory_mib:
-                raise HypervisorError(
-                    f"balloon target {target_mib} MiB is outside 1..{spec.config.memory_mib}")
-            try:
-                self._api(rd).set_balloon(spec.config.memory_mib - target_mib)
-            except ApiClientError as exc:
-                raise VmProcessError(f"cannot set {name!r}'s balloon: {exc}") from None
+    def _balloon(self, rd: RunDir, spec: VmSpec, target_mib: int) -> None:
+        """The balloon holds the rest (the API takes the balloon's size, Firecracker's
+        ``amount_mib``)."""
+        try:
+            self._api(rd).set_balloon(spec.config.memory_mib - target_mib)
+        except ApiClientError as exc:
+            raise VmProcessError(f"cannot set {rd.name!r}'s balloon: {exc}") from None
 
     def _save(self, rd: RunDir, path: Path, resume: bool) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -340,33 +247,8 @@ class NativeHypervisor(Hypervisor):
         except ApiClientError as exc:
             raise VmProcessError(f"cannot save {rd.name!r}: {exc}") from None
 
-    def snapshot(self, name: str, tag: str) -> SnapshotInfo:
-        with self._locked(name) as rd:
-            rec = self._observe(rd)
-            require(name, rec.state, "snapshot")
-            path = rd.snapshot_dir / f"{_safe_tag(tag)}.snap"
-            self._save(rd, path, resume=rec.state == S.RUNNING)
-            return SnapshotInfo(tag, str(path), path.stat().st_mtime, path.stat().st_size)
-
-    def snapshots(self, name: str) -> list[SnapshotInfo]:
-        rd = RunDir(self.root, name)
-        rd.spec()
-        if not rd.snapshot_dir.is_dir():
-            return []
-        return [SnapshotInfo(p.stem, str(p), p.stat().st_mtime, p.stat().st_size)
-                for p in sorted(rd.snapshot_dir.glob("*.snap"))]
-
-    def revert(self, name: str, tag: str) -> None:
-        with self._locked(name) as rd:
-            rec = self._observe(rd)
-            require(name, rec.state, "revert")
-            path = rd.snapshot_dir / f"{_safe_tag(tag)}.snap"
-            if not path.is_file():
-                raise HypervisorError(f"VM {name!r} has no snapshot {tag!r}")
-            self._end_process(rd)
-            self._launch(rd, rec, restore=path)
-            rec.state, rec.detail = S.RUNNING, f"reverted to {tag}"
-            rd.save(rec)
+    def _restore(self, rd: RunDir, rec: Record, path: Path) -> None:
+        self._launch(rd, rec, restore=path)
 
     # -- migration: not yet ---------------------------------------------------------------
     def migrate_prepare_target(self, spec: VmSpec) -> MigrationTarget:
@@ -375,8 +257,3 @@ class NativeHypervisor(Hypervisor):
     def migrate_send(self, name: str, target: MigrationTarget) -> None:
         raise Unsupported(self.name, "migrate", _MIGRATION)
 
-
-def _safe_tag(tag: str) -> str:
-    if not tag or not all(c.isalnum() or c in "-_." for c in tag) or tag.startswith("."):
-        raise HypervisorError(f"snapshot tag {tag!r} may only use letters, digits, - _ .")
-    return tag

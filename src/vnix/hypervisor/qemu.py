@@ -23,22 +23,19 @@ from __future__ import annotations
 import shlex
 import socket
 import subprocess
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from vnix.hypervisor.accel import choose_accel
-from vnix.hypervisor.base import Hypervisor
-from vnix.hypervisor.errors import DriverUnavailable, HypervisorError, Unsupported, VmProcessError
+from vnix.hypervisor.errors import DriverUnavailable, Unsupported, VmProcessError
+from vnix.hypervisor.process import ProcessHypervisor
 from vnix.hypervisor.qemu_cmdline import qemu_argv, target
 from vnix.hypervisor.qemu_info import collect_info
 from vnix.hypervisor.qmp import QmpCommandError, qmp, qmp_batch
-from vnix.hypervisor.rundir import Record, RunDir, list_vms, read_from, wait_gone
-from vnix.hypervisor.spec import MigrationStatus, MigrationTarget, SnapshotInfo, VmInfo, VmSpec
-from vnix.hypervisor.state import LIVE_STATES, VmState, require, transition
+from vnix.hypervisor.rundir import Record, RunDir
+from vnix.hypervisor.spec import MigrationStatus, MigrationTarget, VmInfo, VmSpec
+from vnix.hypervisor.state import LIVE_STATES, VmState, require
 
 S = VmState
 
@@ -62,32 +59,17 @@ _RUNSTATE = {
 }
 
 
-class QemuHypervisor(Hypervisor):
+class QemuHypervisor(ProcessHypervisor):
     name = "qemu"
+    snapshot_suffix = ".state"
 
     def __init__(self, run_dir: Path | str, *, binary: str | None = None,
                  migration_host: str = "127.0.0.1", start_timeout: float = 30.0) -> None:
-        self.root = Path(run_dir)
-        self.root.mkdir(parents=True, exist_ok=True)
+        super().__init__(run_dir, start_timeout=start_timeout)
         self.binary = binary  # None: the emulator of each guest's architecture
         self.migration_host = migration_host
-        self.start_timeout = start_timeout
-        self._locks: dict[str, threading.RLock] = {}
-        self._locks_guard = threading.Lock()
 
     # -- helpers --------------------------------------------------------------------------
-    @contextmanager
-    def _locked(self, name: str) -> Iterator[RunDir]:
-        with self._locks_guard:
-            lock = self._locks.setdefault(name, threading.RLock())
-        with lock:
-            yield RunDir(self.root, name)
-
-    def _set(self, rd: RunDir, rec: Record, new: VmState, action: str, detail: str = "") -> None:
-        rec.state = transition(rd.name, rec.state, new, action)
-        rec.detail = detail
-        rd.save(rec)
-
     def _observe(self, rd: RunDir) -> Record:
         """The recorded state, corrected by what the process says (and persisted)."""
         rec = rd.load()
@@ -106,7 +88,7 @@ class QemuHypervisor(Hypervisor):
             return rec
         seen = _RUNSTATE.get(status, rec.state)
         if seen == S.STOPPED:  # the guest powered off (-no-shutdown kept QEMU alive)
-            self._quit(rd)
+            self._end_process(rd)
             rec.state, rec.detail = S.STOPPED, "the guest powered off"
             rd.save(rec)
         elif seen == S.CRASHED:
@@ -160,18 +142,15 @@ class QemuHypervisor(Hypervisor):
         rec.accel = accel
         rec.started = time.time()
 
-    def _quit(self, rd: RunDir, timeout: float = 10.0) -> None:
-        """End the process: QMP quit, then SIGKILL if it lingers."""
-        pid = rd.pid()
-        if pid is None:
-            return
+    def _ask_to_quit(self, rd: RunDir) -> None:
+        """QMP quit."""
         try:
             qmp(str(rd.qmp), "quit", timeout=3.0)
         except VmProcessError:
             pass
-        if not wait_gone(pid, timeout):
-            rd.kill()
-        rd.pid_file.unlink(missing_ok=True)
+
+    def _command(self, rd: RunDir, action: str) -> None:
+        qmp(str(rd.qmp), {"pause": "stop", "resume": "cont"}[action])
 
     def _wait_status(self, rd: RunDir, done: set[str], timeout: float) -> str:
         deadline = time.monotonic() + timeout
@@ -201,39 +180,28 @@ class QemuHypervisor(Hypervisor):
                 raise VmProcessError(f"saving VM {rd.name!r} took over {timeout:g}s")
             time.sleep(0.1)
 
-    def _load_from(self, rd: RunDir, spec: VmSpec, rec: Record, path: Path) -> None:
+    def _save(self, rd: RunDir, path: Path, resume: bool) -> None:
+        self._save_to(rd, path)
+        if resume:
+            qmp(str(rd.qmp), "cont")
+
+    def _restore(self, rd: RunDir, rec: Record, path: Path) -> None:
         """A new QEMU that loads ``path`` and then runs."""
-        self._launch(rd, spec, rec, "exec:cat " + shlex.quote(str(path)))
+        self._launch(rd, rd.spec(), rec, "exec:cat " + shlex.quote(str(path)))
         self._wait_status(rd, {"paused", "running", "postmigrate"}, 300.0)
         qmp(str(rd.qmp), "cont")
 
     # -- definitions ----------------------------------------------------------------------
     def define(self, spec: VmSpec) -> None:
-        with self._locked(spec.name) as rd:
+        with self._locked(spec.name, existing=False) as rd:
             rd.create(spec)
-
-    def spec(self, name: str) -> VmSpec:
-        return RunDir(self.root, name).spec()
-
-    def list(self) -> list[str]:
-        return list_vms(self.root)
-
-    def state(self, name: str) -> VmState:
-        with self._locked(name) as rd:
-            return self._observe(rd).state
-
-    def destroy(self, name: str) -> None:
-        with self._locked(name) as rd:
-            rd.spec()  # NoSuchVm
-            self._quit(rd, timeout=5.0)
-            rd.remove()
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self, name: str) -> None:
         with self._locked(name) as rd:
             spec, rec = rd.spec(), self._observe(rd)
             require(name, rec.state, "start")
-            self._quit(rd)  # a crashed QEMU may linger in internal-error
+            self._end_process(rd)  # a crashed QEMU may linger in internal-error
             self._launch(rd, spec, rec, None)
             self._set(rd, rec, S.RUNNING, "start")
 
@@ -249,7 +217,7 @@ class QemuHypervisor(Hypervisor):
             except VmProcessError:
                 if rd.pid() is not None:
                     return False
-            self._quit(rd)
+            self._end_process(rd)
             self._set(rd, rec, S.STOPPED, "stop", "the guest powered off")
             return True
 
@@ -260,33 +228,11 @@ class QemuHypervisor(Hypervisor):
             rd.kill()
             self._set(rd, rec, S.STOPPED, "force-stop", "forced off")
 
-    def pause(self, name: str) -> None:
-        with self._locked(name) as rd:
-            rec = self._observe(rd)
-            require(name, rec.state, "pause")
-            qmp(str(rd.qmp), "stop")
-            self._set(rd, rec, S.PAUSED, "pause")
-
-    def resume(self, name: str) -> None:
-        with self._locked(name) as rd:
-            rec = self._observe(rd)
-            require(name, rec.state, "resume")
-            qmp(str(rd.qmp), "cont")
-            self._set(rd, rec, S.RUNNING, "resume")
-
-    def suspend(self, name: str) -> None:
-        with self._locked(name) as rd:
-            rec = self._observe(rd)
-            require(name, rec.state, "suspend")
-            self._save_to(rd, rd.suspend_file)
-            self._quit(rd)
-            self._set(rd, rec, S.SUSPENDED, "suspend", f"saved to {rd.suspend_file}")
-
     def resume_from_disk(self, name: str) -> None:
         with self._locked(name) as rd:
-            spec, rec = rd.spec(), self._observe(rd)
+            rec = self._observe(rd)
             require(name, rec.state, "resume-from-disk")
-            self._load_from(rd, spec, rec, rd.suspend_file)
+            self._restore(rd, rec, rd.suspend_file)
             self._set(rd, rec, S.RUNNING, "resume-from-disk")
             rd.suspend_file.unlink(missing_ok=True)
 
@@ -296,82 +242,21 @@ class QemuHypervisor(Hypervisor):
             spec, rec = rd.spec(), self._observe(rd)
             return collect_info(self.name, rd, spec, rec)
 
-    def console_read(self, name: str, offset: int = 0) -> tuple[bytes, int]:
-        rd = RunDir(self.root, name)
-        rd.spec()
-        return read_from(rd.console_log, offset)
-
-    def console_lines(self, name: str, limit: int = 50) -> list[str]:
-        rd = RunDir(self.root, name)
-        rd.spec()
-        size = rd.console_log.stat().st_size if rd.console_log.exists() else 0
-        data, _ = read_from(rd.console_log, max(0, size - 64 * 1024))
-        text = data.decode("utf-8", "replace").replace("\r", "")
-        return text.splitlines()[-limit:] if limit > 0 else []
-
-    def console_write(self, name: str, data: bytes) -> None:
-        with self._locked(name) as rd:
-            rec = self._observe(rd)
-            require(name, rec.state, "pause")  # needs a running guest
-            try:
-                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-                    s.settimeout(5.0)
-                    s.connect(str(rd.serial))
-                    s.sendall(data)
-                    time.sleep(0.05)  # let QEMU read before the hang-up
-            except OSError as exc:
-                raise VmProcessError(f"cannot write to {name!r}'s serial port: {exc}") from None
-
     def vnc_address(self, name: str) -> str | None:
         rd = RunDir(self.root, name)
         spec = rd.spec()
         return f"unix:{rd.vnc}" if spec.options.vnc else None
 
     # -- memory and snapshots -------------------------------------------------------------
-    def set_balloon(self, name: str, target_mib: int) -> None:
-        with self._locked(name) as rd:
-            spec, rec = rd.spec(), self._observe(rd)
-            require(name, rec.state, "balloon")
-            if not 1 <= target_mib <= spec.config.memory_mib:
-                raise HypervisorError(
-                    f"balloon target {target_mib} MiB is outside 1..{spec.config.memory_mib}")
-            qmp(str(rd.qmp), "balloon", {"value": target_mib * 1024 * 1024})
+    def _balloon(self, rd: RunDir, spec: VmSpec, target_mib: int) -> None:
+        qmp(str(rd.qmp), "balloon", {"value": target_mib * 1024 * 1024})
 
-    def snapshot(self, name: str, tag: str) -> SnapshotInfo:
-        with self._locked(name) as rd:
-            spec, rec = rd.spec(), self._observe(rd)
-            require(name, rec.state, "snapshot")
-            _snapshot_supported(spec)
-            path = rd.snapshot_dir / f"{_safe_tag(tag)}.state"
-            was_running = rec.state == S.RUNNING
-            self._save_to(rd, path)
-            if was_running:
-                qmp(str(rd.qmp), "cont")
-            return SnapshotInfo(tag, str(path), path.stat().st_mtime, path.stat().st_size)
-
-    def snapshots(self, name: str) -> list[SnapshotInfo]:
-        rd = RunDir(self.root, name)
-        rd.spec()
-        if not rd.snapshot_dir.is_dir():
-            return []
-        return [SnapshotInfo(p.stem, str(p), p.stat().st_mtime, p.stat().st_size)
-                for p in sorted(rd.snapshot_dir.glob("*.state"))]
-
-    def revert(self, name: str, tag: str) -> None:
-        with self._locked(name) as rd:
-            spec, rec = rd.spec(), self._observe(rd)
-            require(name, rec.state, "revert")
-            path = rd.snapshot_dir / f"{_safe_tag(tag)}.state"
-            if not path.is_file():
-                raise HypervisorError(f"VM {name!r} has no snapshot {tag!r}")
-            self._quit(rd)
-            self._load_from(rd, spec, rec, path)
-            rec.state, rec.detail = S.RUNNING, f"reverted to {tag}"
-            rd.save(rec)
+    def _check_snapshot(self, rd: RunDir) -> None:
+        _snapshot_supported(rd.spec())
 
     # -- migration ------------------------------------------------------------------------
     def migrate_prepare_target(self, spec: VmSpec) -> MigrationTarget:
-        with self._locked(spec.name) as rd:
+        with self._locked(spec.name, existing=False) as rd:
             if not rd.exists():
                 rd.create(spec)
             rec = self._observe(rd)
@@ -409,7 +294,7 @@ class QemuHypervisor(Hypervisor):
             rec = self._observe(rd)
             require(name, rec.state, "finalize-source")
             if success:
-                self._quit(rd)
+                self._end_process(rd)
                 self._set(rd, rec, S.STOPPED, "finalize migration of", "migrated away")
                 return
             try:
@@ -431,12 +316,6 @@ class QemuHypervisor(Hypervisor):
                 return
             rd.kill()
             rd.remove()
-
-
-def _safe_tag(tag: str) -> str:
-    if not tag or not all(c.isalnum() or c in "-_." for c in tag) or tag.startswith("."):
-        raise HypervisorError(f"snapshot tag {tag!r} may only use letters, digits, - _ .")
-    return tag
 
 
 def _snapshot_supported(spec: VmSpec) -> None:
