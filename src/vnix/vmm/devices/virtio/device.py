@@ -20,7 +20,7 @@ from typing import Callable, ClassVar, Protocol
 from vnix.vmm import GuestMemoryError
 from vnix.vmm.devices.virtio import QueueError
 from vnix.vmm.devices.virtio.constants import F_VERSION_1, bit
-from vnix.vmm.devices.virtio.queue import BadChain, Queue
+from vnix.vmm.devices.virtio.queue import BadChain, DescriptorChain, Queue
 from vnix.vmm.memory import GuestMemory
 
 log = logging.getLogger(__name__)
@@ -177,6 +177,32 @@ class VirtioDevice(ABC):
     @abstractmethod
     def process_queue(self, index: int) -> None:
         """Take every available chain of queue ``index`` and complete what can be completed."""
+
+    def drain(self, index: int, handle: Callable[[Queue, DescriptorChain], object], *,
+              requests: bool = True, more: Callable[[], bool] | None = None) -> None:
+        """Pop every available chain of queue ``index`` (while ``more()`` holds, if given) and
+        hand it to ``handle(queue, chain)``, which completes it; ``handle`` returns False for a
+        chain it keeps without completing. A malformed chain is failed here (:meth:`fail_chain`).
+        Each chain counts as a request unless ``requests`` is False. The queue is signalled once
+        at the end if any chain was completed or failed."""
+        mem, q = self.mem, self.queues[index]
+        assert mem is not None
+        done = False
+        while more is None or more():
+            try:
+                chain = q.pop(mem)
+            except BadChain as exc:
+                self.fail_chain(q, exc)
+                done = True
+                continue
+            if chain is None:
+                break
+            if requests:
+                self.metrics.requests += 1
+            if handle(q, chain) is not False:
+                done = True
+        if done:
+            self.signal(index)
 
     def complete(self, queue: Queue, head: int, length: int) -> None:
         assert self.mem is not None

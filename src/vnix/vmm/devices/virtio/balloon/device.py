@@ -43,7 +43,7 @@ from vnix.vmm.devices.virtio.balloon.persist import BalloonState
 from vnix.vmm.devices.virtio.chain import gather, total
 from vnix.vmm.devices.virtio.constants import F_VERSION_1, ID_BALLOON, bit
 from vnix.vmm.devices.virtio.device import VirtioDevice
-from vnix.vmm.devices.virtio.queue import BadChain, DescriptorChain
+from vnix.vmm.devices.virtio.queue import DescriptorChain, Queue
 from vnix.vmm.memory import PAGE_SIZE
 
 log = logging.getLogger(__name__)
@@ -145,30 +145,19 @@ class VirtioBalloon(VirtioDevice):
         role = self.role(index)
         if role is None:
             return
-        mem, q = self.mem, self.queues[index]
-        assert mem is not None
-        done = False
-        while True:
-            try:
-                chain = q.pop(mem)
-            except BadChain as exc:
-                self.fail_chain(q, exc)
-                done = True
-                continue
-            if chain is None:
-                break
-            self.metrics.requests += 1
+
+        def handle(q: Queue, chain: DescriptorChain) -> bool:
             if role == STATS:
                 self._stats(chain)  # held: not returned until the host asks for new numbers
-                continue
-            done = True
+                return False
             if role in (INFLATE, DEFLATE):
                 self._pages(chain, role == INFLATE)
             elif role == REPORTING:
                 self._report(chain)
             self.complete(q, chain.head, 0)
-        if done:
-            self.signal(index)
+            return True
+
+        self.drain(index, handle)
 
     def _pages(self, chain: DescriptorChain, inflate: bool) -> None:
         mem = self.mem

@@ -15,7 +15,7 @@ from vnix.vmm.devices.virtio.blk import request as r
 from vnix.vmm.devices.virtio.blk.persist import BlkState
 from vnix.vmm.devices.virtio.constants import F_INDIRECT_DESC, F_VERSION_1, ID_BLOCK, bit
 from vnix.vmm.devices.virtio.device import VirtioDevice
-from vnix.vmm.devices.virtio.queue import BadChain
+from vnix.vmm.devices.virtio.queue import DescriptorChain, Queue
 
 log = logging.getLogger(__name__)
 
@@ -61,31 +61,20 @@ class VirtioBlk(VirtioDevice):
 
     # -- requests ---------------------------------------------------------------------------
     def process_queue(self, index: int) -> None:
-        mem, q = self.mem, self.queues[index]
+        self.drain(index, self._request)
+
+    def _request(self, q: Queue, chain: DescriptorChain) -> None:
+        mem = self.mem
         assert mem is not None
-        done = False
-        while True:
-            try:
-                chain = q.pop(mem)
-            except BadChain as exc:
-                self.fail_chain(q, exc)
-                done = True
-                continue
-            if chain is None:
-                break
-            done = True
-            self.metrics.requests += 1
-            req = r.parse(mem, chain)
-            if req is None:
-                self.metrics.bad_chains += 1
-                self.complete(q, chain.head, 0)
-                continue
-            status, written = self._execute(req)
-            mem.write_u8(req.status_addr, status)
-            self.metrics.ok += status == r.S_OK
-            self.complete(q, chain.head, written + 1)
-        if done:
-            self.signal(index)
+        req = r.parse(mem, chain)
+        if req is None:
+            self.metrics.bad_chains += 1
+            self.complete(q, chain.head, 0)
+            return
+        status, written = self._execute(req)
+        mem.write_u8(req.status_addr, status)
+        self.metrics.ok += status == r.S_OK
+        self.complete(q, chain.head, written + 1)
 
     def _execute(self, req: r.Request) -> tuple[int, int]:
         """(status, bytes written into the data part)."""

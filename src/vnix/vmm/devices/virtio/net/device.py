@@ -34,7 +34,7 @@ from vnix.vmm.devices.virtio.chain import total, views
 from vnix.vmm.devices.virtio.constants import F_INDIRECT_DESC, F_VERSION_1, ID_NET, bit
 from vnix.vmm.devices.virtio.device import VirtioDevice
 from vnix.vmm.devices.virtio.net.persist import NetState
-from vnix.vmm.devices.virtio.queue import BadChain, DescriptorChain
+from vnix.vmm.devices.virtio.queue import BadChain, DescriptorChain, Queue
 
 log = logging.getLogger(__name__)
 
@@ -223,33 +223,21 @@ class VirtioNet(VirtioDevice):
             self._transmit()
 
     def _transmit(self) -> None:
-        mem, q = self.mem, self.queues[TX]
-        assert mem is not None
-        done = False
-        while True:
-            try:
-                chain = q.pop(mem)
-            except BadChain as exc:
-                self.fail_chain(q, exc)
-                done = True
-                continue
-            if chain is None:
-                break
-            done = True
-            self.metrics.requests += 1
-            n = total(chain.descriptors)
-            if chain.writable or not HDR_SIZE <= n <= HDR_SIZE + MAX_FRAME:
-                self.metrics.bad_chains += 1
-            elif self.backend.writev([ZERO_HDR, *views(mem, chain.descriptors, HDR_SIZE)]):
-                self.counters.tx_frames += 1
-                self.counters.tx_bytes += n - HDR_SIZE
-                self.metrics.ok += 1
-            else:
-                self.counters.tx_dropped += 1
-                self.metrics.io_errors += 1
-            self.complete(q, chain.head, 0)
-        if done:
-            self.signal(TX)
+        self.drain(TX, self._send)
+
+    def _send(self, q: Queue, chain: DescriptorChain) -> None:
+        assert self.mem is not None
+        n = total(chain.descriptors)
+        if chain.writable or not HDR_SIZE <= n <= HDR_SIZE + MAX_FRAME:
+            self.metrics.bad_chains += 1
+        elif self.backend.writev([ZERO_HDR, *views(self.mem, chain.descriptors, HDR_SIZE)]):
+            self.counters.tx_frames += 1
+            self.counters.tx_bytes += n - HDR_SIZE
+            self.metrics.ok += 1
+        else:
+            self.counters.tx_dropped += 1
+            self.metrics.io_errors += 1
+        self.complete(q, chain.head, 0)
 
     # -- snapshots --------------------------------------------------------------------------
     def save(self) -> NetState:

@@ -12,7 +12,7 @@ import os
 from vnix.vmm.devices.virtio.chain import scatter, total
 from vnix.vmm.devices.virtio.constants import F_INDIRECT_DESC, F_VERSION_1, ID_RNG, bit
 from vnix.vmm.devices.virtio.device import VirtioDevice
-from vnix.vmm.devices.virtio.queue import BadChain
+from vnix.vmm.devices.virtio.queue import DescriptorChain, Queue
 from vnix.vmm.devices.virtio.rng.persist import RngState
 
 QUEUE_SIZE = 64
@@ -31,31 +31,19 @@ class VirtioRng(VirtioDevice):
         return bit(F_VERSION_1) | bit(F_INDIRECT_DESC)
 
     def process_queue(self, index: int) -> None:
-        mem, q = self.mem, self.queues[index]
-        assert mem is not None
-        done = False
-        while True:
-            try:
-                chain = q.pop(mem)
-            except BadChain as exc:
-                self.fail_chain(q, exc)
-                done = True
-                continue
-            if chain is None:
-                break
-            done = True
-            self.metrics.requests += 1
-            if chain.readable:
-                self.metrics.bad_chains += 1
-                self.complete(q, chain.head, 0)
-                continue
-            n = min(total(chain.writable), MAX_REQUEST)
-            written = scatter(mem, chain.writable, os.urandom(n)) if n else 0
-            self.bytes_given += written
-            self.metrics.ok += 1
-            self.complete(q, chain.head, written)
-        if done:
-            self.signal(index)
+        self.drain(index, self._request)
+
+    def _request(self, q: Queue, chain: DescriptorChain) -> None:
+        if chain.readable:
+            self.metrics.bad_chains += 1
+            self.complete(q, chain.head, 0)
+            return
+        assert self.mem is not None
+        n = min(total(chain.writable), MAX_REQUEST)
+        written = scatter(self.mem, chain.writable, os.urandom(n)) if n else 0
+        self.bytes_given += written
+        self.metrics.ok += 1
+        self.complete(q, chain.head, written)
 
     def save(self) -> RngState:
         return RngState(self.bytes_given)

@@ -40,7 +40,7 @@ from vnix.vmm.devices.virtio import DeviceSetupError
 from vnix.vmm.devices.virtio.chain import gather, scatter, total
 from vnix.vmm.devices.virtio.constants import F_VERSION_1, ID_VSOCK, bit
 from vnix.vmm.devices.virtio.device import VirtioDevice
-from vnix.vmm.devices.virtio.queue import BadChain
+from vnix.vmm.devices.virtio.queue import DescriptorChain, Queue
 from vnix.vmm.devices.virtio.vsock import packet as p
 from vnix.vmm.devices.virtio.vsock.connection import (
     BUF_ALLOC, CLOSING, CONNECTING, HANDSHAKE, OPEN, RX_CHUNK, Connection,
@@ -215,42 +215,32 @@ class VirtioVsock(VirtioDevice):
     def _deliver(self) -> None:
         if not self.active or self.broken or not self.queues:
             return
-        mem, q = self.mem, self.queues[RX]
-        assert mem is not None
-        done = False
-        while self.rxq:
-            try:
-                chain = q.pop(mem)
-            except BadChain as exc:
-                self.fail_chain(q, exc)
-                done = True
-                continue
-            if chain is None:
-                break
-            done = True
-            room = total(chain.writable) - p.HDR_SIZE
-            if chain.readable or room < 0:  # 5.10.6.1: rx buffers are device-writable
-                self.metrics.bad_chains += 1
-                self.complete(q, chain.head, 0)
-                continue
-            pkt, conn = self.rxq[0]
-            if len(pkt.data) > room:  # split an RW over several rx buffers
-                pkt_now = p.Packet(**{**pkt.__dict__, "data": pkt.data[:room]})
-                pkt.data = pkt.data[room:]
-            else:
-                pkt_now = pkt
-                self.rxq.popleft()
-                if conn is not None and pkt.op == p.OP_RW:
-                    conn.rx_queued = False
-                    self._interest(conn)
-            if conn is not None:
-                pkt_now.buf_alloc, pkt_now.fwd_cnt = BUF_ALLOC, conn.fwd_cnt
-                conn.fwd_cnt_sent = conn.fwd_cnt
-            written = scatter(mem, chain.writable, pkt_now.header() + pkt_now.data)
-            self.metrics.ok += 1
-            self.complete(q, chain.head, written)
-        if done:
-            self.signal(RX)
+        self.drain(RX, self._fill, requests=False, more=lambda: bool(self.rxq))
+
+    def _fill(self, q: Queue, chain: DescriptorChain) -> None:
+        """One rx buffer gets the next queued packet (or the part of it that fits)."""
+        room = total(chain.writable) - p.HDR_SIZE
+        if chain.readable or room < 0:  # 5.10.6.1: rx buffers are device-writable
+            self.metrics.bad_chains += 1
+            self.complete(q, chain.head, 0)
+            return
+        pkt, conn = self.rxq[0]
+        if len(pkt.data) > room:  # split an RW over several rx buffers
+            pkt_now = p.Packet(**{**pkt.__dict__, "data": pkt.data[:room]})
+            pkt.data = pkt.data[room:]
+        else:
+            pkt_now = pkt
+            self.rxq.popleft()
+            if conn is not None and pkt.op == p.OP_RW:
+                conn.rx_queued = False
+                self._interest(conn)
+        if conn is not None:
+            pkt_now.buf_alloc, pkt_now.fwd_cnt = BUF_ALLOC, conn.fwd_cnt
+            conn.fwd_cnt_sent = conn.fwd_cnt
+        assert self.mem is not None
+        written = scatter(self.mem, chain.writable, pkt_now.header() + pkt_now.data)
+        self.metrics.ok += 1
+        self.complete(q, chain.head, written)
 
     # -- packets from the guest (tx) ---------------------------------------------------------
     def process_queue(self, index: int) -> None:
@@ -262,33 +252,23 @@ class VirtioVsock(VirtioDevice):
         self._deliver()  # EVENT buffers are kept for events (none are sent yet)
 
     def _transmit(self) -> None:
-        mem, q = self.mem, self.queues[TX]
+        self.drain(TX, self._take_packet)
+
+    def _take_packet(self, q: Queue, chain: DescriptorChain) -> None:
+        """One packet from the guest."""
+        mem = self.mem
         assert mem is not None
-        done = False
-        while True:
-            try:
-                chain = q.pop(mem)
-            except BadChain as exc:
-                self.fail_chain(q, exc)
-                done = True
-                continue
-            if chain is None:
-                break
-            done = True
-            self.metrics.requests += 1
-            n = total(chain.readable)
-            if n < p.HDR_SIZE or chain.writable:
+        n = total(chain.readable)
+        if n < p.HDR_SIZE or chain.writable:
+            self.metrics.bad_chains += 1
+        else:
+            pkt, length = p.Packet.parse(gather(mem, chain.readable, 0, p.HDR_SIZE))
+            if length > min(n - p.HDR_SIZE, MAX_PAYLOAD):
                 self.metrics.bad_chains += 1
             else:
-                pkt, length = p.Packet.parse(gather(mem, chain.readable, 0, p.HDR_SIZE))
-                if length > min(n - p.HDR_SIZE, MAX_PAYLOAD):
-                    self.metrics.bad_chains += 1
-                else:
-                    pkt.data = gather(mem, chain.readable, p.HDR_SIZE, length) if length else b""
-                    self._on_packet(pkt)
-            self.complete(q, chain.head, 0)
-        if done:
-            self.signal(TX)
+                pkt.data = gather(mem, chain.readable, p.HDR_SIZE, length) if length else b""
+                self._on_packet(pkt)
+        self.complete(q, chain.head, 0)
 
     def _on_packet(self, pkt: p.Packet) -> None:
         if pkt.src_cid != self.cid or pkt.dst_cid != p.HOST_CID:
