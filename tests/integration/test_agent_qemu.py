@@ -9,15 +9,12 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
+from agent_process import Agent, running_agent
 from websockets.sync.client import connect
 
 from vnix.hypervisor.testing import READY_LINE, build_idle_guest, toolchain_available
@@ -30,66 +27,9 @@ pytestmark = [
 TOKEN = "integration-token"
 
 
-class Agent:
-    def __init__(self, data_dir: Path) -> None:
-        self.data_dir = data_dir
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.http = httpx.Client(base_url=f"http://127.0.0.1:{self.port}",
-                                 headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60)
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "vnix", "agent", "--listen", f"127.0.0.1:{self.port}",
-             "--token", TOKEN, "--data-dir", str(self.data_dir), "--driver", "qemu"],
-            stdout=subprocess.DEVNULL, stderr=open(self.data_dir / "agent.err", "ab"))
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if self.http.get("/host").status_code == 200:
-                    return
-            except httpx.TransportError:
-                time.sleep(0.1)
-        raise AssertionError((self.data_dir / "agent.err").read_text())
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
-
-    def wait_console(self, vm: str, text: str, timeout: float = 20) -> list[str]:
-        deadline = time.monotonic() + timeout
-        lines: list[str] = []
-        while time.monotonic() < deadline:
-            lines = self.http.get(f"/vms/{vm}/console").json()["lines"]
-            if any(text in ln for ln in lines):
-                return lines
-            time.sleep(0.1)
-        raise AssertionError(f"{vm}: {text!r} not in {lines}")
-
-
 @pytest.fixture
 def agent(tmp_path: Path) -> Iterator[Agent]:
-    data = tmp_path / "d"
-    data.mkdir()
-    a = Agent(data)
-    a.start()
-    guest = build_idle_guest(tmp_path / "idle.elf")
-    r = a.http.post("/images", json={"name": "idle", "kernel": str(guest)})
-    assert r.status_code == 201, r.text
-    yield a
-    for vm in a.http.get("/vms").json() if a.proc and a.proc.poll() is None else []:
-        a.http.delete(f"/vms/{vm['name']}")
-    if a.proc and a.proc.poll() is None:
-        a.proc.terminate()
-        a.proc.wait()
-    for pidfile in (data / "run" / "qemu").glob("*/pid"):  # never leave a QEMU behind
-        try:
-            os.kill(int(pidfile.read_text()), signal.SIGKILL)
-        except (OSError, ValueError):
-            pass
+    yield from running_agent(tmp_path, "qemu", TOKEN, build_idle_guest(tmp_path / "idle.elf"))
 
 
 def test_qemu_vm_start_pause_resume_suspend_stop(agent: Agent) -> None:

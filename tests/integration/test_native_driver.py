@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
+from agent_process import Agent, running_agent
 
 from vnix.testkit.runner import TESTKIT_DIR
 
@@ -23,72 +21,14 @@ pytestmark = [pytest.mark.kvm,
 TOKEN = "native-token"
 
 
-class Agent:
-    def __init__(self, data_dir: Path) -> None:
-        self.data_dir = data_dir
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.http = httpx.Client(base_url=f"http://127.0.0.1:{self.port}",
-                                 headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60)
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "vnix", "agent", "--listen", f"127.0.0.1:{self.port}", "--token", TOKEN,
-             "--data-dir", str(self.data_dir), "--driver", "native"],
-            stdout=subprocess.DEVNULL, stderr=open(self.data_dir / "agent.err", "ab"))
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if self.http.get("/host").status_code == 200:
-                    return
-            except httpx.TransportError:
-                time.sleep(0.1)
-        raise AssertionError((self.data_dir / "agent.err").read_text())
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
-
-    def console(self, vm: str) -> list[str]:
-        return self.http.get(f"/vms/{vm}/console").json()["lines"]
-
-    def wait_console(self, vm: str, text: str, timeout: float = 20) -> list[str]:
-        deadline = time.monotonic() + timeout
-        lines: list[str] = []
-        while time.monotonic() < deadline:
-            lines = self.console(vm)
-            if any(text in ln for ln in lines):
-                return lines
-            time.sleep(0.1)
-        raise AssertionError(f"{vm}: {text!r} not in {lines}")
-
-    def ticks(self, vm: str) -> int:
-        return sum(1 for ln in self.console(vm) if ln.startswith("tick "))
+def ticks(agent: Agent, vm: str) -> int:
+    return sum(1 for ln in agent.console(vm) if ln.startswith("tick "))
 
 
 @pytest.fixture
 def agent(tmp_path: Path) -> Iterator[Agent]:
     subprocess.run(["make", "-s", "-C", str(TESTKIT_DIR), "build/idle.elf"], check=True, capture_output=True)
-    data = tmp_path / "d"
-    data.mkdir()
-    a = Agent(data)
-    a.start()
-    r = a.http.post("/images", json={"name": "idle", "kernel": str(TESTKIT_DIR / "build" / "idle.elf")})
-    assert r.status_code == 201, r.text
-    yield a
-    for vm in a.http.get("/vms").json() if a.proc and a.proc.poll() is None else []:
-        a.http.delete(f"/vms/{vm['name']}")
-    if a.proc and a.proc.poll() is None:
-        a.proc.terminate()
-        a.proc.wait()
-    for pidfile in (data / "run" / "native").glob("*/pid"):  # never leave a VMM behind
-        try:
-            os.kill(int(pidfile.read_text()), signal.SIGKILL)
-        except (OSError, ValueError):
-            pass
+    yield from running_agent(tmp_path, "native", TOKEN, TESTKIT_DIR / "build" / "idle.elf")
 
 
 def test_native_vm_lifecycle_through_the_agent(agent: Agent) -> None:
@@ -102,9 +42,9 @@ def test_native_vm_lifecycle_through_the_agent(agent: Agent) -> None:
 
     assert agent.http.post("/vms/n1/pause").json()["state"] == "paused"
     time.sleep(0.3)
-    before = agent.ticks("n1")
+    before = ticks(agent, "n1")
     time.sleep(1.5)
-    assert agent.ticks("n1") == before  # paused: no ticks
+    assert ticks(agent, "n1") == before  # paused: no ticks
     assert agent.http.get("/vms/n1").json()["state"] == "paused"
     assert agent.http.post("/vms/n1/resume").json()["state"] == "running"
     agent.wait_console("n1", f"tick {before + 1}", timeout=5)
