@@ -115,3 +115,24 @@ def test_five_native_vms_survive_agent_sigkill(agent: Agent) -> None:
             for _ in range(50):
                 os.kill(pids[n] if n != "v4" else 2**22 + 1, 0)
                 time.sleep(0.1)
+
+
+def test_suspend_to_disk_and_resume_continue_the_guest(agent: Agent) -> None:
+    r = agent.http.post("/vms", json={"name": "s1", "image": "idle", "memory": "64M"})
+    assert r.status_code == 201, r.text
+    agent.wait_console("s1", "tick 2")
+    old_pid = r.json()["pid"]
+    vm = agent.http.post("/vms/s1/suspend").json()
+    assert vm["state"] == "suspended", vm
+    with pytest.raises(ProcessLookupError):  # no VMM process while suspended
+        for _ in range(50):
+            os.kill(old_pid, 0)
+            time.sleep(0.1)
+    last = ticks(agent, "s1")
+    vm = agent.http.post("/vms/s1/resume-from-disk").json()
+    assert vm["state"] == "running" and vm["pid"] != old_pid, vm
+    # the restored guest carries on from its own count (its memory came back), and answers
+    agent.wait_console("s1", f"tick {last + 1}", timeout=10)
+    agent.http.post("/vms/s1/console", json={"text": "after-restore\n"})
+    agent.wait_console("s1", "echo: after-restore")
+    assert agent.http.post("/vms/s1/stop", json={"timeout": 10}).json()["state"] == "stopped"

@@ -101,10 +101,12 @@ class NativeHypervisor(ProcessHypervisor):
 
         for stale in (rd.qmp, rd.serial, rd.pid_file, self._stats_file(rd)):
             stale.unlink(missing_ok=True)
-        args = ["--config", str(rd.path / "config.json"), "--api-sock", str(rd.qmp),
+        # From a snapshot the machine (memory, vCPUs, kernel, devices and their disks) is the
+        # snapshot's own, so the VMM refuses --config beside --restore.
+        machine = (["--restore", str(restore)] if restore is not None
+                   else ["--config", str(rd.path / "config.json")])
+        args = [*machine, "--api-sock", str(rd.qmp),
                 "--serial", f"unix:{rd.serial}", "--stats-json", str(self._stats_file(rd))]
-        if restore is not None:
-            args += ["--restore", str(restore)]
         cmd = vmm_argv(args, python=self.python)
         (rd.path / "argv").write_text(shlex.join(cmd) + "\n")
         # sh starts the VMM in the background and exits at once: the VMM is re-parented to init.
