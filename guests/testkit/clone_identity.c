@@ -6,8 +6,9 @@
  * After each restore the host CONNECTs to port P (cmdline listen=P, default 5000) and sends one
  * line "name=NAME addr=ADDR seed=N\n". The guest reseeds its PRNG from N, answers on the stream
  * "identity NAME RANDOM\n", and prints
- *     identity: name=NAME addr=ADDR cid=CID random=RANDOM
- * on serial; then it sleeps again (an idle clone costs no CPU) and takes the next connection.
+ *     identity: name=NAME addr=ADDR cid=CID mac=MAC random=RANDOM
+ * on serial (MAC: a virtio-net device's, read from its config space after the restore, or "none");
+ * then it sleeps again (an idle clone costs no CPU) and takes the next connection.
  * The packet work runs in ring 3 (fast on this KVM); only waiting happens in ring 0. */
 #include "virtio.h"
 
@@ -36,7 +37,9 @@ struct hdr {
 	uint32_t flags, buf_alloc, fwd_cnt;
 } __attribute__((packed));
 
-static struct virtio_dev dev;
+static struct virtio_dev dev, net;
+static bool has_net;
+static char mac[18];
 static struct virtq rxq __attribute__((aligned(4096))), txq __attribute__((aligned(4096))),
 	evq __attribute__((aligned(4096)));
 static uint8_t rxbuf[NRX][sizeof(struct hdr) + PAYLOAD] __attribute__((aligned(64)));
@@ -171,6 +174,7 @@ void testkit_main(void)
 	listen_port = 0;
 	for (; lp && *lp >= '0' && *lp <= '9'; lp++) listen_port = listen_port * 10 + (uint32_t)(*lp - '0');
 	if (!listen_port) listen_port = 5000;
+	has_net = virtio_open(&net, 0x1041, 0) && net.device;	/* optional: only its MAC is read */
 	bool found = virtio_open(&dev, 0x1053, 0);
 	if (!check("virtio-vsock device", found, "no 1af4:1053"))
 		return;
@@ -201,8 +205,14 @@ void testkit_main(void)
 		/* a clone has another CID than the VM that was snapshotted: read it again (what a
 		 * guest does on VIRTIO_VSOCK_EVENT_TRANSPORT_RESET, 5.10.6.7) */
 		cid = mmio_read32(dev.device) | (uint64_t)mmio_read32(dev.device + 4) << 32;
+		if (has_net) {	/* virtio-net's config starts with the MAC (5.1.4), a clone's own */
+			uint8_t m[6];
+			for (int i = 0; i < 6; i++) m[i] = mmio_read8(net.device + (uint64_t)i);
+			snprintf(mac, sizeof mac, "%02x:%02x:%02x:%02x:%02x:%02x", m[0], m[1], m[2], m[3], m[4], m[5]);
+		}
 		uint64_t code = run_user(serve_identity, 0);
 		if (!code)
-			printf("identity: name=%s addr=%s cid=%lu random=%lu\n", name, addr, cid, random);
+			printf("identity: name=%s addr=%s cid=%lu mac=%s random=%lu\n", name, addr, cid,
+			       has_net ? mac : "none", random);
 	}
 }

@@ -94,7 +94,10 @@ def _no_loader(*args: object) -> object:
 
 def restore_machine(cls: type[Machine], snap: MachineSnapshot, stats: Stats, *,
                     memory_backing: Literal["copy", "private-mmap"] = "copy",
-                    overrides: SnapshotOverrides | None = None, console: Console | None = None) -> Machine:
+                    overrides: SnapshotOverrides | None = None, console: Console | None = None,
+                    dirty_log: bool = True) -> Machine:
+    """``dirty_log=False`` (clones): slots without KVM_MEM_LOG_DIRTY_PAGES (no bitmap to keep
+    for each write), so the machine's next snapshot is a full one."""
     from vnix.vmm.machine import IDENTITY_MAP_ADDR, TSS_ADDR, MachineParts
 
     state = snap.state
@@ -116,7 +119,7 @@ def restore_machine(cls: type[Machine], snap: MachineSnapshot, stats: Stats, *,
         mem = snap.open_memory(memory_backing)
         for slot, region in enumerate(mem):
             vm.set_user_memory_region(slot, region.guest_addr, region.size, region.host_address,
-                                      k.KVM_MEM_LOG_DIRTY_PAGES)
+                                      k.KVM_MEM_LOG_DIRTY_PAGES if dirty_log else 0)
         stats.guest_ram_bytes = mem.size
         machine._add_devices(vm, mem)
         names = set(machine.pci.functions)
@@ -137,7 +140,8 @@ def restore_machine(cls: type[Machine], snap: MachineSnapshot, stats: Stats, *,
         _restore_pci(machine, state.pci, overrides)
         machine.parts = MachineParts(kvm, vm, mem, vcpus)
         machine._make_threads(vcpus, mem)
-        machine.dirty = DirtyTracker(vm, mem, machine.pci.functions, snap.path, snap.snapshot_id).start(True)
+        if dirty_log:
+            machine.dirty = DirtyTracker(vm, mem, machine.pci.functions, snap.path, snap.snapshot_id).start(True)
         _kick_queues(machine)
         vm.set_clock(ks.kvm_clock_data(clock=state.vm.clock, flags=0))
     except KvmError as exc:
