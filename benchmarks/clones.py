@@ -1,0 +1,163 @@
+"""Clone benchmark (issue 4): N copy-on-write clones of one snapshotted guest.
+
+The guest is the ``clone_identity`` test-kit guest (the tiny Linux guest cannot boot on this
+host's KVM, see ../shared/notes/kvm-on-these-machines.md), booted with vsock and a qcow2 disk
+and snapshotted while it sleeps waiting for its identity. Then:
+
+* a clone server (:mod:`vnix.vmm.clone`) is started for the snapshot (its start-up, which loads
+  and checks the file once, is reported as ``server_start_ms`` and not counted below);
+* ``restored_s``: wall time from the first clone request until all N clones answered that their
+  vCPU runs (each its own forked process, KVM VM, CID, vsock socket and qcow2 overlay made with
+  ``qemu-img create -b``; overlays are made before the clock starts); ``restore_ms``: each
+  clone's own time from its request read to its vCPU in KVM_RUN (median, p90);
+* ``answered_s``: from the same start until every clone answered its identity over vsock
+  (CONNECT, ``name= addr= seed=``, the guest's ``identity NAME RANDOM`` line);
+* memory once all are idle: each clone's USS and PSS (psutil ``memory_full_info``), the
+  server's, and their PSS sum (what the clones and server take of the host together);
+* QEMU for one VM in the same run: migrate to a file and ``-incoming`` from it
+  (``benchmarks/snapshot.py``'s code, its ``snapshot_dirty`` guest, 32 MiB).
+
+``--json`` prints one JSON object.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from vnix.testkit.runner import TESTKIT_DIR, build
+from vnix.vmm.api.client import VmmClient
+from vnix.vmm.clone import CloneServer, CloneSpec, send_identity
+from vnix.vmm.launch import vmm_argv
+
+sys.path.insert(0, str(Path(__file__).parent))
+from snapshot import qemu_save_restore, summary  # noqa: E402
+
+GUEST = TESTKIT_DIR / "build" / "clone_identity.elf"
+PORT = 5000
+MIB = 1 << 20
+
+
+def base_snapshot(tmp: Path, mib: int) -> tuple[Path, Path]:
+    disk = tmp / "base.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "16M"], check=True)
+    log, api, snap = tmp / "base.log", tmp / "base.api", tmp / "base.snap"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(vmm_argv(["--kernel", str(GUEST), "--memory", f"{mib}M", "--disk", f"{disk},format=qcow2",
+                                          "--vsock", f"cid=3,uds={tmp / 'base.vsock'}", "--api-sock", str(api)]),
+                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while b"waiting for identity" not in log.read_bytes():
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise SystemExit(f"the guest did not start: {log.read_text(errors='replace')[-400:]}")
+            time.sleep(0.02)
+        time.sleep(0.3)
+        VmmClient(str(api)).snapshot(str(snap), resume=False)
+    finally:
+        proc.kill()
+        proc.wait()
+    return snap, disk
+
+
+def clones(tmp: Path, count: int, mib: int, workers: int) -> dict[str, Any]:
+    snap, disk = base_snapshot(tmp, mib)
+    specs = []
+    for i in range(count):
+        overlay = tmp / f"c{i}.qcow2"
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(disk), str(overlay)], check=True)
+        specs.append(CloneSpec(name=f"clone-{i}", serial_log=str(tmp / f"c{i}.log"), vsock_uds=str(tmp / f"c{i}.v"),
+                               cid=1000 + i, disks=[f"{overlay},format=qcow2"]))
+    t = time.monotonic()
+    server = CloneServer(str(snap), str(tmp / "clones.sock"), log=str(tmp / "server.log"))
+    server_ms = (time.monotonic() - t) * 1000
+    pids: list[int] = []
+    try:
+        t0 = time.monotonic()
+        with ThreadPoolExecutor(workers) as pool:
+            answers = list(pool.map(server.clone, specs))
+        restored_s = time.monotonic() - t0
+        pids = [int(a["pid"]) for a in answers]  # type: ignore[call-overload]
+
+        def identity(spec: CloneSpec) -> tuple[float, str]:
+            assert spec.vsock_uds is not None
+            got = send_identity(spec.vsock_uds, PORT, f"name={spec.name} addr=10.8.{spec.cid // 256}.{spec.cid % 256} "
+                                f"seed={secrets.randbits(63)}")
+            if not got.startswith(f"identity {spec.name} "):
+                raise SystemExit(f"{spec.name}: unexpected answer {got!r}")
+            return time.monotonic() - t0, got.split()[-1]
+
+        with ThreadPoolExecutor(workers) as pool:
+            got = list(pool.map(identity, specs))
+        answered_s = time.monotonic() - t0
+        answered = [a for a, _ in got]
+        randoms = {r for _, r in got}
+        time.sleep(1.0)  # idle
+        uss, pss = [], []
+        for pid in pids:
+            info = psutil.Process(pid).memory_full_info()
+            uss.append(info.uss / MIB)
+            pss.append(info.pss / MIB)
+        sinfo = psutil.Process(server.proc.pid).memory_full_info()
+    finally:
+        server.close()
+        for pid in pids:
+            try:
+                os.kill(pid, 15)
+            except ProcessLookupError:
+                pass
+    return {
+        "count": count, "guest_mib": mib, "snapshot_bytes": snap.stat().st_size,
+        "server_start_ms": round(server_ms, 1),
+        "restored_s": round(restored_s, 3), "answered_s": round(answered_s, 3),
+        "answered_each_s": summary(answered),
+        "restore_ms": summary([float(a["restore_ms"]) for a in answers]),  # type: ignore[arg-type]
+        "distinct_randoms": len(randoms),
+        "uss_mib": summary(uss), "pss_mib": summary(pss),
+        "server_uss_mib": round(sinfo.uss / MIB, 1), "server_pss_mib": round(sinfo.pss / MIB, 1),
+        "total_pss_mib": round(sum(pss) + sinfo.pss / MIB, 1),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--count", type=int, default=10)
+    ap.add_argument("--memory", type=int, default=32, help="guest MiB")
+    ap.add_argument("--workers", type=int, default=4, help="requests in flight at once")
+    ap.add_argument("--no-qemu", action="store_true")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    if not GUEST.is_file():
+        build()
+    with tempfile.TemporaryDirectory(prefix="vnix-clones-") as d:
+        out: dict[str, Any] = {"vnix": clones(Path(d), args.count, args.memory, args.workers)}
+        if not args.no_qemu and shutil.which("qemu-system-x86_64"):
+            out["qemu"] = qemu_save_restore(Path(d), 32, 3)
+        time.sleep(0.5)
+    if args.json:
+        print(json.dumps(out))
+    else:
+        v = out["vnix"]
+        print(f"{v['count']} clones of a {v['guest_mib']} MiB guest: restored and running in {v['restored_s']} s, "
+              f"all answered over vsock in {v['answered_s']} s ({v['distinct_randoms']} distinct random numbers)")
+        print(f"per clone restore (request -> KVM_RUN): median {v['restore_ms']['median']} ms, p90 {v['restore_ms']['p90']} ms")
+        print(f"memory per idle clone: USS median {v['uss_mib']['median']} MiB, PSS median {v['pss_mib']['median']} MiB; "
+              f"clones + server PSS {v['total_pss_mib']} MiB")
+        if "qemu" in out:
+            q = out["qemu"]
+            print(f"QEMU one VM: save {q['save_ms']} ms, -incoming to running median {q['incoming_to_running_ms']['median']} ms")
+
+
+if __name__ == "__main__":
+    main()
