@@ -115,8 +115,8 @@ def test_bad_files_are_refused_before_any_job_with_lines(manager: Manager) -> No
                                                      'profile="big"/>\n  <group name="work"'),
                                      filename="lab.xml"), BOB)
     snap = LAB.replace('image="tiny" profile="small"/>', 'image="tiny" source="snapshot" '
-                       'snapshot="gold" profile="small"/>')
-    with pytest.raises(Exception, match="needs VM snapshots of the native VMM"):
+                       'snapshot="gold" driver="qemu" profile="small"/>')
+    with pytest.raises(Exception, match="makes clones on the native driver, not 'qemu'"):
         manager.submit(CreateCluster(xml=snap), BOB)
     with pytest.raises(NotFound, match="no image 'nope'"):
         manager.submit(CreateCluster(xml=LAB.replace('image="tiny"', 'image="nope"')), BOB)

@@ -18,6 +18,13 @@
   if the VMM does not end.
 * Snapshots and suspend go through ``PUT /snapshot`` (vnix.vmm.snapshot); resuming starts a new
   VMM with ``--restore FILE``. Migration is not there yet (its own issue).
+* Clones (:meth:`NativeHypervisor.clone`): a VM made from a golden snapshot by a warm clone
+  server (:class:`vnix.vmm.clone.CloneServer`, a ``fork()`` per clone, RAM MAP_PRIVATE from the
+  file). ``clone.json`` in its run dir names the snapshot, its own disks (qcow2 overlays over
+  the snapshot's disk), nets and vsock CID; the child writes console.log and serves qmp.sock
+  like any native VMM but has no serial socket and no stats.json. Starting a stopped clone
+  brings it back to the golden state: its overlays made afresh, then
+  ``--restore SNAP --memory-backing private-mmap`` with its own devices.
 """
 from __future__ import annotations
 
@@ -25,8 +32,10 @@ import json
 import shlex
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from vnix.hypervisor.errors import HypervisorError, Unsupported, VmProcessError
 from vnix.hypervisor.process import ProcessHypervisor
@@ -40,6 +49,8 @@ S = VmState
 # ("stopping": Ctrl-Alt-Del sent, the guest still runs: RUNNING until the process ends)
 _API_STATES = {"running": S.RUNNING, "paused": S.PAUSED, "starting": S.RUNNING, "stopping": S.RUNNING}
 _MIGRATION = "live migration of native VMs is not implemented yet (a later issue)"
+CLONE_FILE = "clone.json"
+FIRST_CID = 3  # vsock CIDs 0-2 are reserved (hypervisor, local, host)
 
 
 class NativeHypervisor(ProcessHypervisor):
@@ -50,6 +61,7 @@ class NativeHypervisor(ProcessHypervisor):
                  start_timeout: float = 15.0) -> None:
         super().__init__(run_dir, start_timeout=start_timeout)
         self.python = python
+        self._cid_lock = threading.Lock()
 
     # -- helpers --------------------------------------------------------------------------
     @staticmethod
@@ -99,13 +111,19 @@ class NativeHypervisor(ProcessHypervisor):
     def _launch(self, rd: RunDir, rec: Record, restore: Path | None = None) -> None:
         from vnix.vmm.launch import vmm_argv
 
+        extra: list[str] = []
+        clone = self._clone_record(rd)
+        if restore is None and clone is not None:  # a clone (re)starts from its golden snapshot
+            restore, extra = Path(clone["snapshot"]), self._clone_flags(rd, clone)
+            _fresh_overlays(clone)
+
         for stale in (rd.qmp, rd.serial, rd.pid_file, self._stats_file(rd)):
             stale.unlink(missing_ok=True)
         # From a snapshot the machine (memory, vCPUs, kernel, devices and their disks) is the
         # snapshot's own, so the VMM refuses --config beside --restore.
         machine = (["--restore", str(restore)] if restore is not None
                    else ["--config", str(rd.path / "config.json")])
-        args = [*machine, "--api-sock", str(rd.qmp),
+        args = [*machine, *extra, "--api-sock", str(rd.qmp),
                 "--serial", f"unix:{rd.serial}", "--stats-json", str(self._stats_file(rd))]
         cmd = vmm_argv(args, python=self.python)
         (rd.path / "argv").write_text(shlex.join(cmd) + "\n")
@@ -174,6 +192,11 @@ class NativeHypervisor(ProcessHypervisor):
                 raise VmProcessError(f"cannot stop {name!r}: {exc}") from None
             if pid is not None and not wait_gone(pid, timeout):
                 return False
+            if self._clone_record(rd) is not None and not self._stats_file(rd).exists():
+                # a clone server's child writes no stats.json: it ended as we asked
+                rd.pid_file.unlink(missing_ok=True)
+                self._set(rd, rec, S.STOPPED, "stop", "the guest powered off")
+                return True
             self._ended(rd, rec)
             return rec.state == S.STOPPED
 
@@ -252,6 +275,80 @@ class NativeHypervisor(ProcessHypervisor):
     def _restore(self, rd: RunDir, rec: Record, path: Path) -> None:
         self._launch(rd, rec, restore=path)
 
+    # -- clones ---------------------------------------------------------------------------
+    @staticmethod
+    def _clone_record(rd: RunDir) -> dict[str, Any] | None:
+        try:
+            raw: dict[str, Any] = json.loads((rd.path / CLONE_FILE).read_text())
+            return raw
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise HypervisorError(f"unreadable {rd.path / CLONE_FILE}: {exc}") from None
+
+    @staticmethod
+    def _clone_flags(rd: RunDir, clone: dict[str, Any]) -> list[str]:
+        flags = ["--memory-backing", "private-mmap"]
+        for d in clone["disks"]:
+            flags += ["--disk", d]
+        for n in clone["nets"]:
+            flags += ["--net", n]
+        if clone.get("cid"):
+            flags += ["--vsock", f"cid={clone['cid']},uds={clone['vsock_uds']}"]
+        return flags
+
+    def _next_cid(self) -> int:
+        used = set()
+        for name in self.list():
+            try:
+                clone = json.loads((self.root / name / CLONE_FILE).read_text())
+            except (OSError, ValueError):
+                continue
+            if clone.get("cid"):
+                used.add(int(clone["cid"]))
+        cid = FIRST_CID
+        while cid in used:
+            cid += 1
+        return cid
+
+    def clone(self, spec: VmSpec, snapshot: Path, server: Any, *, vsock: bool,
+              overlays: list[tuple[str, str]] | None = None) -> dict[str, Any]:
+        """Define ``spec`` as a clone of ``snapshot`` and have ``server`` (a
+        :class:`vnix.vmm.clone.CloneServer` of that snapshot) make it: it runs on return.
+        ``spec.config.disks`` are the clone's own disks (``overlays``: (overlay, backing) pairs
+        to make afresh on a restart), its nets its own taps and MACs; with ``vsock`` it gets a
+        CID of its own and ``vsock.sock`` in its run dir. Returns the server's answer
+        (``pid``, ``restore_ms``) with ``cid`` and ``vsock_uds``."""
+        from vnix.vmm.clone import CloneError, CloneSpec
+
+        rd = RunDir(self.root, spec.name)
+        disks = [f"{d.path},format={d.format}" + (",readonly=on" if d.readonly else "")
+                 for d in spec.config.disks]
+        nets = [",".join(["tap", *(f"{k}={v}" for k, v in (("name", n.name), ("bridge", n.bridge),
+                                                            ("mac", n.mac)) if v)])
+                for n in spec.config.nets]
+        with self._cid_lock:  # one CID per clone on this host
+            cid = self._next_cid() if vsock else None
+            self.define(spec)
+            clone = {"snapshot": str(snapshot), "disks": disks, "nets": nets, "cid": cid,
+                     "vsock_uds": str(rd.path.resolve() / "vsock.sock") if vsock else None,
+                     "overlays": [list(o) for o in overlays or []]}
+            (rd.path / CLONE_FILE).write_text(json.dumps(clone, indent=2))
+        with self._locked(spec.name) as rd:
+            rec = rd.load()
+            try:
+                answer = server.clone(CloneSpec(
+                    name=spec.name, serial_log=str(rd.console_log.resolve()),
+                    vsock_uds=clone["vsock_uds"], cid=cid, disks=disks, nets=nets,
+                    api_sock=str(rd.qmp.resolve())))
+            except (CloneError, OSError) as exc:
+                raise VmProcessError(f"cannot clone {spec.name!r} from {snapshot}: {exc}") from None
+            rd.pid_file.write_text(f"{answer['pid']}\n")
+            rec.accel, rec.started = "kvm", time.time()
+            self._set(rd, rec, S.RUNNING, "start",
+                      f"cloned from {snapshot.name} in {answer.get('restore_ms')} ms")
+        return {**answer, "cid": cid, "vsock_uds": clone["vsock_uds"]}
+
     # -- migration: not yet ---------------------------------------------------------------
     def migrate_prepare_target(self, spec: VmSpec) -> MigrationTarget:
         raise Unsupported(self.name, "migrate", _MIGRATION)
@@ -259,3 +356,13 @@ class NativeHypervisor(ProcessHypervisor):
     def migrate_send(self, name: str, target: MigrationTarget) -> None:
         raise Unsupported(self.name, "migrate", _MIGRATION)
 
+
+
+def _fresh_overlays(clone: dict[str, Any]) -> None:
+    """A clone's disks back to the golden state: each overlay made again over its backing."""
+    for overlay, backing in clone.get("overlays", []):
+        Path(overlay).unlink(missing_ok=True)
+        out = subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", backing,
+                              "-F", "qcow2", overlay], capture_output=True, text=True, timeout=60)
+        if out.returncode != 0:
+            raise VmProcessError(f"cannot remake overlay {overlay}: {out.stderr.strip()}")

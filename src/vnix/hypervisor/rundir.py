@@ -130,8 +130,9 @@ class RunDir:
             proc = psutil.Process(pid)
             if proc.status() == psutil.STATUS_ZOMBIE:
                 return None
-            if not any(str(self.path) in arg for arg in proc.cmdline()):
-                return None
+            if not any(str(self.path) in arg for arg in proc.cmdline()) and \
+                    os.readlink(f"/proc/{pid}/fd/1") != str(self.console_log.resolve()):
+                return None  # (a clone server's child names no run dir but writes its console.log)
             return pid
         except (OSError, ValueError, psutil.Error):
             return None

@@ -33,18 +33,21 @@ from vnix.node.models import (
     ConsoleIn,
     ConsoleOut,
     CreateNetwork,
+    CreateSnapshot,
     CreateVm,
     ErrorOut,
     HostOut,
     ImageOut,
     ImportImage,
     NetworkOut,
+    SnapshotOut,
     SnapshotReq,
     StopVm,
     VmOut,
 )
 from vnix.node.overlay import overlay_router
 from vnix.node.vms import VmService
+from vnix.vmm.config import parse_size_mib
 
 log = logging.getLogger(__name__)
 RECONCILE_S = 5.0
@@ -169,6 +172,34 @@ def create_app(data_dir: Path, token: str, drivers: list[str] | None = None,
         vms.images.delete(name, vms.image_users(name))
         return Response(status_code=204)
 
+    # -- golden snapshots (vnix.node.snapshots): clones are POST /vms with 'snapshot' -------
+    def snapshot_out(name: str) -> SnapshotOut:
+        rec = vms.snapshots.get(name)
+        return SnapshotOut(**{k: v for k, v in rec.__dict__.items()
+                              if k in SnapshotOut.model_fields},
+                           used_by=vms.snapshot_users(name))
+
+    @api.get("/snapshots", response_model=list[SnapshotOut])
+    def list_snapshots() -> list[SnapshotOut]:
+        return [snapshot_out(r.name) for r in vms.snapshots.list()]
+
+    @api.post("/snapshots", response_model=SnapshotOut, status_code=201)
+    def create_snapshot(req: CreateSnapshot) -> SnapshotOut:
+        if "native" not in vms.drivers:
+            raise BadRequest("golden snapshots need the native driver, not enabled on this agent")
+        vms.snapshots.create(req.name, req.image, parse_size_mib(req.memory), req.cpus,
+                             req.ready, req.vsock)
+        return snapshot_out(req.name)
+
+    @api.get("/snapshots/{name}", response_model=SnapshotOut)
+    def snapshot_info(name: str) -> SnapshotOut:
+        return snapshot_out(name)
+
+    @api.delete("/snapshots/{name}", status_code=204)
+    def delete_snapshot(name: str) -> Response:
+        vms.snapshots.delete(name, vms.snapshot_users(name))
+        return Response(status_code=204)
+
     # -- networks -------------------------------------------------------------------------
     @api.get("/networks", response_model=list[NetworkOut])
     def list_networks() -> list[NetworkOut]:
@@ -209,6 +240,7 @@ def create_app(data_dir: Path, token: str, drivers: list[str] | None = None,
     api.include_router(overlay_router(vms.networks))  # VXLAN: networks across hosts
     app.include_router(api)
     app.include_router(console_router(vms, token))
+    app.router.on_shutdown.append(vms.snapshots.close)  # the clone servers (their clones run on)
 
     if reconcile:
         stop = threading.Event()

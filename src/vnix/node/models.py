@@ -27,6 +27,35 @@ class CreateVm(_Strict):
     accel: Literal["auto", "kvm", "tcg"] = "auto"
     vnc: bool = True
     start: bool = True
+    snapshot: str | None = Field(None, description="clone this golden snapshot of 'image' "
+                                 "(made first if the node has none of that name; native "
+                                 "driver; memory and cpus are the snapshot's)")
+
+
+class CreateSnapshot(_Strict):
+    name: str
+    image: str = Field(description="the image a template VM boots (native driver)")
+    memory: str = "64M"
+    cpus: int = 1
+    ready: str | None = Field(None, description="console text the template must print before "
+                              "it is saved (default: vnix.node.snapshots.READY_LINES)")
+    vsock: bool = Field(True, description="give the template (and so each clone) a vsock")
+
+
+class SnapshotOut(BaseModel):
+    name: str
+    image: str
+    memory_mib: int
+    cpus: int
+    ready: str
+    vsock: bool
+    identity_port: int | None
+    disk: str | None
+    size: int
+    created: float
+    boot_s: float
+    save_s: float
+    used_by: list[str]
 
 
 class StopVm(_Strict):

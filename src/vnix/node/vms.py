@@ -7,8 +7,10 @@ found).
 """
 from __future__ import annotations
 
+import json
 import logging
 import shutil
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,10 +19,11 @@ from vnix.hypervisor import Hypervisor, NoSuchVm, VmExists, get_driver
 from vnix.hypervisor.spec import DriverOptions, NicSpec, VmInfo, VmSpec
 from vnix.hypervisor.state import VmState
 from vnix.images.guest_init import with_network
-from vnix.node.errors import BadRequest, UnknownImage
+from vnix.node.errors import BadRequest, InvalidImage, UnknownImage
 from vnix.node.images import ImageStore
 from vnix.node.models import CreateVm, DiskOut, NicOut, VmOut
 from vnix.node.networks import NetworkStore
+from vnix.node.snapshots import GoldenStore
 from vnix.vmm.config import DiskConfig, MachineConfig, NetConfig, parse_size_mib
 
 log = logging.getLogger(__name__)
@@ -32,6 +35,7 @@ class VmService:
         self.data_dir = data_dir
         self.images = ImageStore(data_dir / "images")
         self.networks = NetworkStore(data_dir / "networks")
+        self.snapshots = GoldenStore(data_dir / "snapshots", self.images)
         self.overlays = data_dir / "overlays"
         self.drivers: dict[str, Hypervisor] = {
             n: get_driver(n, data_dir / "run" / n) for n in drivers
@@ -58,12 +62,28 @@ class VmService:
                     users.add(vm)
         return sorted(users)
 
+    def snapshot_users(self, snapshot: str) -> list[str]:
+        """The clones of golden snapshot ``snapshot`` (their run dirs' clone.json name it)."""
+        path = str(self.snapshots.root / snapshot / "golden.snap")
+        users = []
+        for drv in self.drivers.values():
+            root = getattr(drv, "root", None)
+            for vm in drv.list() if root is not None else []:
+                try:
+                    if json.loads((root / vm / "clone.json").read_text())["snapshot"] == path:
+                        users.append(vm)
+                except (OSError, ValueError, KeyError):
+                    continue
+        return sorted(users)
+
     def network_users(self, network: str) -> list[str]:
         return sorted(vm for d in self.drivers.values() for vm in d.list()
                       if any(n.network == network for n in d.spec(vm).nics))
 
     # -- create ---------------------------------------------------------------------------
     def create(self, req: CreateVm) -> VmOut:
+        if req.snapshot:
+            return self.clone(req)
         drv = self.drivers.get(req.driver or self.default_driver)
         if drv is None:
             raise BadRequest(f"driver {req.driver!r} is not enabled on this agent "
@@ -107,6 +127,62 @@ class VmService:
             undo.append(("undefine", lambda: drv.destroy(req.name)))
             if req.start:
                 drv.start(req.name)
+        except Exception:
+            _rollback(req.name, undo)
+            raise
+        return self.out(req.name)
+
+    def clone(self, req: CreateVm) -> VmOut:
+        """A VM cloned from golden snapshot ``req.snapshot`` of ``req.image`` (made first if
+        this node has none): restored by the snapshot's clone server, RAM shared
+        copy-on-write with the file, its own overlay of the snapshot's disk, taps, MACs and
+        vsock CID; told its identity over vsock when the guest waits for one."""
+        from vnix.hypervisor.native import NativeHypervisor
+
+        assert req.snapshot
+        drv = self.drivers.get(req.driver or "native")
+        if not isinstance(drv, NativeHypervisor):
+            raise BadRequest(f"VMs from a snapshot need the native driver "
+                             f"({'not enabled on this agent' if drv is None else req.driver})")
+        if req.name in self.names():
+            raise VmExists(req.name)
+        gold = self.snapshots.ensure(req.snapshot, req.image, parse_size_mib(req.memory),
+                                     req.cpus)
+        image = self.images.get(gold.image)
+        config = MachineConfig(kernel=image.kernel or "", initrd=image.initrd,
+                               cmdline=gold.cmdline, memory_mib=gold.memory_mib,
+                               cpus=gold.cpus, arch=image.arch)
+        undo: list[tuple[str, Callable[[], None]]] = []
+        try:
+            vm_dir = self.overlays / req.name
+            undo.append(("remove overlays", lambda: shutil.rmtree(vm_dir, ignore_errors=True)))
+            overlays: list[tuple[str, str]] = []
+            if gold.disk:
+                overlay = vm_dir / f"{image.name}.qcow2"
+                vm_dir.mkdir(parents=True, exist_ok=True)
+                out = subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", gold.disk,
+                                      "-F", "qcow2", str(overlay)],
+                                     capture_output=True, text=True, timeout=60)
+                if out.returncode != 0:
+                    raise InvalidImage(f"qemu-img create failed: {out.stderr.strip()}")
+                config.disks.append(DiskConfig(str(overlay), format="qcow2"))
+                overlays.append((str(overlay), gold.disk))
+            nics: list[NicSpec] = []
+            for nreq in req.nics:
+                nic = self.networks.attach(nreq.network, nreq.ip)
+                nics.append(nic)
+                undo.append((f"remove TAP {nic.tap}", lambda n=nic: self.networks.detach(n)))
+                config.nets.append(NetConfig(kind="tap", name=nic.tap, mac=nic.mac))
+            spec = VmSpec(req.name, config, image=image.name, nics=nics)
+            undo.append(("undefine", lambda: drv.destroy(req.name)))
+            got = drv.clone(spec, Path(gold.path), self.snapshots.server(gold.name),
+                            vsock=gold.vsock, overlays=overlays)
+            if gold.identity_port is not None and got.get("vsock_uds"):
+                answer = self.snapshots.send_identity(gold, req.name, str(got["vsock_uds"]),
+                                                      nics[0].ip if nics else None)
+                log.info("clone %s: identity answered %r", req.name, answer)
+            if not req.start:
+                drv.force_stop(req.name)
         except Exception:
             _rollback(req.name, undo)
             raise

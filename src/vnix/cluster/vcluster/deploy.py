@@ -13,9 +13,13 @@ The chosen host is then pinned in M1's :class:`~vnix.cluster.ops_vm.CreateVm`, w
 check (quota, image, capacity) records the VM; the deploy job creates all of them in parallel
 across hosts (``JobContext.parallel``), each from a qcow2 overlay of the image on its host.
 
-``source="snapshot"`` (clones of a snapshotted VM, copy-on-write memory) plugs in here: the
-node's CreateVm would name the snapshot instead of the image. The native VMM's snapshots do
-not exist yet, so such a group is refused with that reason in ``check``.
+``source="snapshot" snapshot="NAME"``: the nodes are clones (native driver). Each node's
+agent CreateVm names the golden snapshot ``NAME`` of the group's image; the host's agent makes
+it on the first clone that needs it (a template VM of the image booted to its readiness line
+and saved, :mod:`vnix.node.snapshots`) and reuses it afterwards, so there is one golden
+snapshot per (image, host). Each clone is then a fork of that host's warm clone server: RAM
+MAP_PRIVATE from the snapshot file, its own overlay, MAC and vsock CID. Machine size is the
+snapshot's (the group's memory and cpus when it is made). Afterwards they are ordinary VMs.
 
 Networks (:func:`ensure_networks`, in the job, before the VMs): each cluster network is the
 agent network ``vc<vni>`` on every host that holds a node on it; on more than one host the
@@ -56,6 +60,17 @@ agent_calls.CALLS.setdefault("set_overlay", agent_calls.Call(
 agent_calls.CALLS.setdefault("delete_overlay", agent_calls.Call(
     "DELETE", "/networks/{name}/overlay"))
 agent_calls._ADAPTERS.setdefault("set_overlay", TypeAdapter(OverlayOut))
+# ... and the golden snapshot routes (vnix.node.snapshots)
+for _name, _call in {
+    "list_snapshots": agent_calls.Call("GET", "/snapshots", answer=list[agent.SnapshotOut]),
+    "snapshot_info": agent_calls.Call("GET", "/snapshots/{name}", answer=agent.SnapshotOut),
+    "create_snapshot": agent_calls.Call("POST", "/snapshots", agent.CreateSnapshot,
+                                        agent.SnapshotOut, timeout=300),
+    "delete_snapshot": agent_calls.Call("DELETE", "/snapshots/{name}"),
+}.items():
+    agent_calls.CALLS.setdefault(_name, _call)
+    if _call.answer is not None:
+        agent_calls._ADAPTERS.setdefault(_name, TypeAdapter(_call.answer))
 
 
 # -- placement -------------------------------------------------------------------------------
@@ -88,10 +103,12 @@ def plan_nodes(ctx: OpContext, cluster: str, spec: ClusterSpec, group: Group,
     """Place and record nodes ``indices`` of ``group``; returns their CreateVm operations."""
     s = ctx.session
     cfg = spec.resolve(group, saved)
+    driver = cfg.driver
     if cfg.source == "snapshot":
-        raise BadRequest(f"group {group.name!r}: source=\"snapshot\" needs VM snapshots of "
-                         "the native VMM, which this version does not have yet; use "
-                         "source=\"image\"")
+        if driver not in (None, "native"):
+            raise BadRequest(f"group {group.name!r}: source=\"snapshot\" makes clones on the "
+                             f"native driver, not {driver!r}")
+        driver = "native"
     anti = group.placement.policy == "anti-affinity"
     key = group_key(cluster, group.name) if anti else None
     net = spec.network(cfg.network) if cfg.network else None
@@ -115,10 +132,14 @@ def plan_nodes(ctx: OpContext, cluster: str, spec: ClusterSpec, group: Group,
                                          ip=records.next_address(s, cluster, net.subnet,
                                                                  taken_ips)))
         op = CreateVm(name=name, image=cfg.image, memory=f"{cfg.memory_mib}M", cpus=cfg.cpus,
-                      driver=cfg.driver, cmdline=cfg.cmdline, nics=nics, start=start,
+                      driver=driver, cmdline=cfg.cmdline, nics=nics, start=start,
                       host=host, cluster=cluster, group=group.name, anti_affinity=anti,
                       owner=owner)
         op.check(ctx)  # quota, image, capacity on the pinned host; records the VM row
+        if cfg.source == "snapshot":  # the agent clones the host's golden snapshot
+            row = s.get(Vm, name)
+            assert row is not None
+            row.spec = {**row.spec, "snapshot": cfg.snapshot}
         out.append(op)
     return out
 
