@@ -157,3 +157,51 @@ def test_cluster_from_snapshot_runs_clones_and_deletes(lab: dict[str, Any]) -> N
     for pid in pids | {again.pid}:
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     assert client.call("snapshot_info", name="gold").used_by == []
+
+
+def test_clones_through_the_agent_learn_their_identity_over_vsock(lab: dict[str, Any]) -> None:
+    """POST /snapshots of the clone_identity guest, then three clones with POST /vms: the agent
+    sees the template wait for its identity, and tells each clone its name over vsock; each
+    prints it with its own CID and a random number of its own."""
+    import re
+
+    import vnix.cluster.vcluster.deploy  # noqa: F401 - registers the agent's snapshot calls
+    from vnix.cluster.errors import AgentError
+    from vnix.node import models as agent
+
+    guest = TESTKIT_DIR / "build" / "clone_identity.elf"
+    client = lab["manager"].agent("local")
+    client.call("import_image", agent.ImportImage(name="ident", kernel=str(guest)))
+    gold = client.call("create_snapshot", agent.CreateSnapshot(name="who", image="ident",
+                                                               memory="32M"))
+    assert gold.identity_port == 5000 and gold.vsock and gold.used_by == []
+    with pytest.raises(AgentError) as exc:  # one name, one snapshot
+        client.call("create_snapshot", agent.CreateSnapshot(name="who", image="ident"))
+    assert exc.value.status == 409
+    names = [f"who-{i}" for i in range(3)]
+    for n in names:
+        out = client.call("create_vm", agent.CreateVm(name=n, image="ident", snapshot="who"))
+        assert out.state == "running" and out.driver == "native"
+    seen = {}
+    for n in names:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            lines = client.call("console", name=n).lines
+            got = [m for ln in lines if (m := re.search(r"identity: name=(\S+) addr=\S+ "
+                                                        r"cid=(\d+) mac=\S+ random=(\d+)", ln))]
+            if got:
+                seen[n] = got[0].groups()
+                break
+            time.sleep(0.05)
+        assert n in seen, f"{n} never told its identity: {lines}"
+        assert seen[n][0] == n
+    assert len({cid for _, cid, _ in seen.values()}) == 3  # a CID each
+    assert len({r for _, _, r in seen.values()}) == 3  # reseeded: no shared random state
+    assert sorted(client.call("snapshot_info", name="who").used_by) == names
+    with pytest.raises(AgentError) as exc:  # in use
+        client.call("delete_snapshot", name="who")
+    assert exc.value.status == 409
+    for n in names:
+        client.call("delete_vm", name=n)
+    client.call("delete_snapshot", name="who")
+    assert [s.name for s in client.call("list_snapshots")] == []
