@@ -90,8 +90,13 @@ def test_ten_clones_each_take_their_own_identity(tmp_path: Path) -> None:
                                                f"name={spec.name} addr=10.9.0.{i} seed={seeds[spec.name]}")
         reports = {}
         for i, spec in enumerate(specs, 1):
-            text = wait_file_text(Path(spec.serial_log), "identity: ")
-            m = re.search(r"identity: name=(\S+) addr=(\S+) cid=(\d+) mac=(\S+) random=(\d+)", text)
+            deadline = time.monotonic() + 20
+            while True:  # the whole line: the guest writes it a byte an exit, the log may hold half
+                text = wait_file_text(Path(spec.serial_log), "identity: ")
+                m = re.search(r"identity: name=(\S+) addr=(\S+) cid=(\d+) mac=(\S+) random=(\d+)\r?\n", text)
+                if m or time.monotonic() > deadline:
+                    break
+                time.sleep(0.02)
             assert m, text
             reports[spec.name] = m.groups()
             name, addr, cid, mac, rnd = m.groups()

@@ -209,6 +209,7 @@ class Machine:
         self.graceful_stop = False  # Ctrl-Alt-Del sent through the control API: a reboot means stop
         self.api: object | None = None  # the control API server (vnix.vmm.api), if --api-sock
         self.dirty: DirtyTracker | None = None  # vnix.vmm.snapshot: pages changed since the last snapshot
+        self.restore_steps_ms: dict[str, float] = {}  # a restored machine: ms each step of restore_machine took
 
     # -- stopping -------------------------------------------------------------------------------
     def request_stop(self, stop: Stop) -> None:
@@ -322,7 +323,7 @@ class Machine:
 
         vm.set_gsi_routing([routing_irqchip(gsi, chip, pin) for gsi, chip, pin in legacy_gsi_routes()] + extra)
 
-    def _add_devices(self, vm: Vm, mem: GuestMemory) -> None:
+    def _add_devices(self, vm: Vm, mem: GuestMemory, pci_placement: dict[str, tuple[int, int]] | None = None) -> None:
         def irq(line: int) -> Callable[[int], None]:
             return lambda level: vm.irq_line(line, level)
 
@@ -346,7 +347,7 @@ class Machine:
             from vnix.vmm.devices.pci.setup import add_pci_devices
 
             self.pci = add_pci_devices(self.pio, self.mmio, mem, vm, lambda extra: self.set_gsi_routes(vm, extra),
-                                       self.config)
+                                       self.config, pci_placement)
 
     # -- running --------------------------------------------------------------------------------
     def _first_kvm_run(self) -> None:

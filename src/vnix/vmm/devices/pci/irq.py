@@ -29,6 +29,22 @@ class MsiRouter:
         self.routes: dict[int, tuple[int, int]] = {}  # gsi -> (address, data)
         self._next = FIRST_MSI_GSI
         self._lock = threading.Lock()
+        self.held = False  # restore: routes are recorded, committed once by release()
+        self._pending = False
+
+    def hold(self) -> None:
+        self.held = True
+        self._pending = True  # release() commits the table (legacy routes too) even if no route changes
+
+    def release(self) -> None:
+        """End :meth:`hold`: one KVM_SET_GSI_ROUTING for every route set meanwhile."""
+        with self._lock:
+            self.held = False
+            if not self._pending:
+                return
+            self._pending = False
+            entries = [routing_msi(g, a, d) for g, (a, d) in sorted(self.routes.items())]
+        self.commit(entries)
 
     def allocate(self) -> tuple[int, int]:
         """A new GSI and its eventfd (bound by irqfd when a VM is present)."""
@@ -47,5 +63,8 @@ class MsiRouter:
             if self.routes.get(gsi) == (address, data):
                 return
             self.routes[gsi] = (address, data)
+            if self.held:
+                self._pending = True
+                return
             entries = [routing_msi(g, a, d) for g, (a, d) in sorted(self.routes.items())]
             self.commit(entries)

@@ -77,15 +77,24 @@ def virtio_devices(config: MachineConfig) -> list[tuple[str, VirtioDevice]]:
 
 
 def add_pci_devices(pio: PioBus, mmio: MmioBus, mem: GuestMemory, vm: Any,
-                    commit_routes: Callable[[list[Any]], None], config: MachineConfig) -> PciDevices:
+                    commit_routes: Callable[[list[Any]], None], config: MachineConfig,
+                    placement: dict[str, tuple[int, int]] | None = None) -> PciDevices:
+    """``placement`` (a restore): each function's saved (BAR0 address, command register), put in
+    place before the BAR is first mapped, so its queue-notify ioeventfds are registered once,
+    where the guest has them; MSI routes are then held until the restore releases them."""
     host = PciHost()
     pio.insert(CONFIG_ADDRESS, PORT_COUNT, host, "pci (mechanism 1)")
     router = MsiRouter(vm, commit_routes)
     devices = PciDevices(host, router)
+    if placement is not None:
+        router.hold()
     for name, dev in virtio_devices(config):
         fn = VirtioPciDevice(dev, mem, router, mmio, vm, name=name)
         fn.slot = host.add(fn)
-        fn.config.set_bar_address(0, PCI_BAR_BASE + fn.slot * BAR_SIZE)
-        fn.config.write(COMMAND, (CMD_MEMORY | CMD_BUS_MASTER).to_bytes(2, "little"))
+        bar0, command = placement.get(name, (None, None)) if placement is not None else (None, None)
+        if bar0 is None or command is None:
+            bar0, command = PCI_BAR_BASE + fn.slot * BAR_SIZE, CMD_MEMORY | CMD_BUS_MASTER
+        fn.config.set_bar_address(0, bar0)
+        fn.config.write(COMMAND, (command & 0xFFFF).to_bytes(2, "little"))
         devices.functions[name] = fn
     return devices
