@@ -205,3 +205,56 @@ def test_clones_through_the_agent_learn_their_identity_over_vsock(lab: dict[str,
         client.call("delete_vm", name=n)
     client.call("delete_snapshot", name="who")
     assert [s.name for s in client.call("list_snapshots")] == []
+
+
+def test_clones_outlive_a_killed_agent_and_its_clone_server(tmp_path: Path) -> None:
+    """`vnix agent` killed with SIGKILL: its clones run on; the next agent finds them running
+    (same processes), ends the clone server the dead one left, and clones with a new one."""
+    import signal
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from agent_process import running_agent
+
+    if not GUEST.is_file():
+        build()
+    gen = running_agent(tmp_path, "native", TOKEN, GUEST)
+    a = next(gen)
+    pid_file = a.data_dir / "snapshots" / "gold" / "clone-server.pid"
+    try:
+        pids = {}
+        for n in ("k1", "k2"):
+            r = a.http.post("/vms", json={"name": n, "image": "idle", "snapshot": "gold",
+                                          "memory": "32M"})
+            assert r.status_code == 201, r.text
+            pids[n] = r.json()["pid"]
+        old_server = int(pid_file.read_text())
+        a.kill()
+        for n in pids:  # no agent: the guests tick on
+            before = sum(1 for ln in (a.data_dir / "run" / "native" / n / "console.log")
+                         .read_text().splitlines() if ln.startswith("tick "))
+            time.sleep(0.6)
+            after = sum(1 for ln in (a.data_dir / "run" / "native" / n / "console.log")
+                        .read_text().splitlines() if ln.startswith("tick "))
+            assert after > before, n
+        a.start()
+        vms = {v["name"]: v for v in a.http.get("/vms").json()}
+        assert {n: (vms[n]["state"], vms[n]["pid"]) for n in pids} == \
+            {n: ("running", p) for n, p in pids.items()}
+        r = a.http.post("/vms", json={"name": "k3", "image": "idle", "snapshot": "gold"})
+        assert r.status_code == 201 and r.json()["state"] == "running", r.text
+        assert int(pid_file.read_text()) != old_server
+        assert not psutil.pid_exists(old_server) or \
+            psutil.Process(old_server).status() == psutil.STATUS_ZOMBIE
+        a.wait_console("k3", "tick ")
+        for n in ("k1", "k2", "k3"):
+            assert a.http.delete(f"/vms/{n}").status_code == 204
+        assert a.http.delete("/snapshots/gold").status_code == 204
+    finally:
+        if pid_file.exists():  # a failed test leaves no clone server behind
+            try:
+                os.kill(int(pid_file.read_text()), signal.SIGKILL)
+            except (OSError, ValueError):
+                pass
+        for _ in gen:
+            pass

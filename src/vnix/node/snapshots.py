@@ -12,7 +12,8 @@ the agent waits for its readiness line on the console, saves it through the VMM'
                    the clones' overlays sit on it); absent for an image without a disk
 
 Clones are made by one warm clone server per snapshot (:class:`vnix.vmm.clone.CloneServer`,
-started on first use, kept while the agent runs): ``fork()`` per clone, guest RAM mapped
+started on first use, kept while the agent runs; ``clone-server.pid`` lets the next agent end
+one a killed agent left): ``fork()`` per clone, guest RAM mapped
 MAP_PRIVATE from ``golden.snap`` (shared page cache until written). When the template's guest
 said ``waiting for identity on port P`` (the ``clone_identity`` test-kit guest), every clone is
 sent ``name=VM addr=IP seed=N`` over vsock right after it runs.
@@ -199,8 +200,10 @@ class GoldenStore:
             if srv is not None and srv.proc.poll() is None:
                 return srv
             d = self._dir(name)
+            _end_stale_server(d / "clone-server.pid", rec.path)  # a previous agent's
             srv = CloneServer(rec.path, str((d / "clones.sock").resolve()),
                               log=str(d / "clone-server.log"))
+            (d / "clone-server.pid").write_text(f"{srv.proc.pid}\n")
             self._servers[name] = srv
             return srv
 
@@ -220,6 +223,7 @@ class GoldenStore:
             srv = self._servers.pop(name, None)
             if srv is not None:
                 srv.close()
+            _end_stale_server(self._dir(name) / "clone-server.pid", self.get(name).path)
             shutil.rmtree(self._dir(name), ignore_errors=True)
 
     def close(self) -> None:
@@ -229,6 +233,21 @@ class GoldenStore:
             except Exception as exc:  # every server is tried
                 log.warning("clone server: %s", exc)
         self._servers.clear()
+
+
+def _end_stale_server(pid_file: Path, snapshot: str) -> None:
+    """End the clone server a previous agent left for ``snapshot`` (its clones run on: they
+    are processes of their own)."""
+    import psutil
+
+    try:
+        proc = psutil.Process(int(pid_file.read_text()))
+        if "vnix.vmm.clone" in proc.cmdline() and snapshot in proc.cmdline():
+            proc.terminate()
+            proc.wait(5)
+    except (OSError, ValueError, psutil.Error):
+        pass
+    pid_file.unlink(missing_ok=True)
 
 
 def _wait_ready(drv: Any, ready: str | None, timeout: float) -> str:
