@@ -104,7 +104,7 @@ def test_cluster_from_snapshot_runs_clones_and_deletes(lab: dict[str, Any]) -> N
     from vnix.cluster.auth import Actor, Role
     from vnix.cluster.ops_vm import StartVm, StopVm
     from vnix.cluster.tables import Vm
-    from vnix.cluster.vcluster.ops import CreateCluster, DeleteCluster
+    from vnix.cluster.vcluster.ops import CreateCluster, DeleteCluster, ScaleGroup
 
     m, store = lab["manager"], lab["store"]
     admin = Actor("admin", Role.ADMIN)
@@ -149,6 +149,17 @@ def test_cluster_from_snapshot_runs_clones_and_deletes(lab: dict[str, Any]) -> N
     again = client.call("vm_info", name=first)
     assert again.state == "running" and again.pid not in pids
     wait_ticks(client, first, after=2)
+
+    # scaling the group up clones the host's golden snapshot again (not a second one)
+    job = m.runner.wait(m.submit(ScaleGroup(cluster="sc", group="n", count=6), admin), 120)
+    assert job.state == "succeeded", job.error
+    assert sorted(client.call("snapshot_info", name="gold").used_by) == \
+        [f"sc-n-{i}" for i in range(6)]
+    assert [g.name for g in client.call("list_snapshots")] == ["gold"]
+    wait_ticks(client, "sc-n-5", after=2)
+    with store.session() as s:
+        assert s.query(Vm).filter(Vm.actual == "running").count() == 6
+        pids |= {client.call("vm_info", name=v.name).pid for v in s.query(Vm)}
 
     assert m.runner.wait(m.submit(DeleteCluster(name="sc"), admin), 120).state == "succeeded"
     with store.session() as s:
