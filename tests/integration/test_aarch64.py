@@ -90,11 +90,11 @@ def test_plain_uname_and_refusals(image: GuestImage) -> None:
 @pytest.fixture
 def agent(tmp_path: Path) -> Iterator[object]:
     sys.path.insert(0, str(Path(__file__).parent))
-    from test_agent_qemu import Agent  # the agent as a user runs it (`vnix agent`)
+    from agent_process import Agent  # the agent as a user runs it (`vnix agent`)
 
     data = tmp_path / "d"
     data.mkdir()
-    a = Agent(data)
+    a = Agent(data, "qemu", "arm-token")
     a.start()
     try:
         yield a
