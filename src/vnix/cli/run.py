@@ -144,6 +144,9 @@ def run(
     timeout: float | None = typer.Option(None, "--timeout", help="Kill the VM after this many seconds."),
     api_sock: str | None = typer.Option(None, "--api-sock", help="Serve the native VMM's control API on this "
                                         "Unix socket (vnix vmm ... --api-sock PATH)."),
+    fast: bool = typer.Option(False, "--fast", help="Native VMM: start from a saved booted state of this kernel/"
+                              "image and machine (built once under $VNIX_HOME/faststart, rebuilt when they "
+                              "change) instead of booting."),
 ) -> None:
     """Boot a guest on this terminal; with `-- CMD ARGS` run CMD in it and exit with its status."""
     from vnix.console.session import attach, run_command
@@ -181,9 +184,17 @@ def run(
         api_sock = os.path.abspath(api_sock)
         if not os.path.isdir(os.path.dirname(api_sock)) or len(api_sock.encode()) > 107:
             raise UsageError(f"--api-sock {api_sock}: no such directory, or too long for a Unix socket")
+    if fast:
+        if chosen != "native":
+            raise UsageError("--fast needs the native VMM (--driver native): it restores a snapshot")
+        if command:
+            raise UsageError("--fast cannot run a command: the command is part of the boot it skips")
+        if disk:
+            raise UsageError("--fast cannot be used with --disk: a saved state holds the guest's view of its "
+                             "disks, which the files may no longer match")
     err_console.print(reason, markup=False)
     workdir = tempfile.TemporaryDirectory(prefix="vnix-run-")
-    if use_rootfs and img and img.rootfs:
+    if use_rootfs and img and img.rootfs and not fast:
         # Like a container's writable layer: the guest writes to a throwaway qcow2 overlay, so
         # the image stays pristine and two guests never share one writable ext4. The same with
         # either driver: the native VMM's virtio-blk reads qcow2 overlays over a raw base too.
@@ -191,7 +202,21 @@ def run(
         # the native VMM does not get as far as mounting it: that needs hardware-assisted KVM.)
         config.disks.insert(0, DiskConfig(_overlay(img.rootfs, Path(workdir.name)), format="qcow2"))
     stats_path: str | None = None
-    if chosen == "native":
+    if fast:
+        from vnix.vmm.faststart import prepare
+
+        rootfs = str(img.rootfs) if use_rootfs and img and img.rootfs else None
+        try:
+            argv = prepare(config, rootfs, Path(workdir.name))
+        except BaseException:
+            workdir.cleanup()
+            raise
+        if stats:
+            stats_path = str(Path(workdir.name) / "stats.json")
+            argv += ["--stats-json", stats_path]
+        if api_sock is not None:
+            argv += ["--api-sock", api_sock]
+    elif chosen == "native":
         if stats:
             stats_path = str(Path(workdir.name) / "stats.json")
         argv = _native_argv(config, Path(workdir.name), stats_path)
