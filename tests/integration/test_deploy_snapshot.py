@@ -321,3 +321,57 @@ def test_clones_of_an_image_with_a_disk_get_their_own_overlay(lab: dict[str, Any
         client.call("delete_vm", name=v.name)
     assert not (lab["dir"] / "a" / "overlays" / "d0").exists()
     client.call("delete_snapshot", name="dg")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)")
+def test_a_snapshot_cluster_spread_over_two_hosts(tmp_path: Path) -> None:
+    """Two agents (native driver) in two network namespaces; a cluster of 4 clones spread over
+    them: each host makes its own golden snapshot of the image and clones its nodes from it."""
+    from vnix.cluster.auth import SYSTEM, Actor, Role
+    from vnix.cluster.manager import Manager, ManagerConfig
+    from vnix.cluster.ops_admin import RegisterHost
+    from vnix.cluster.scheduler import Overcommit
+    from vnix.cluster.store import Store, sqlite_url
+    from vnix.cluster.tables import Vm
+    from vnix.cluster.vcluster.ops import CreateCluster, DeleteCluster
+    from vnix.cluster.vcluster.testlab import HostLab
+    from vnix.node import models as agent
+
+    if not GUEST.is_file():
+        build()
+    xml = XML.replace('snapshot="gold"/>', 'snapshot="gold">\n    <placement policy="spread"/>\n'
+                      '  </group>')
+    tmp = Path(tempfile.mkdtemp(prefix="vnx-dm-", dir="/tmp"))
+    store = Store(sqlite_url(tmp / "m.db"))
+    m = Manager(store, ManagerConfig(monitor=False, workers=2,
+                                     overcommit=Overcommit(cpu_ratio=16, memory_ratio=1.0)))
+    m.ensure_admin("snap-test-admin-password")
+    try:
+        with HostLab(2, subnet="198.19.213") as lab:
+            for i in range(2):
+                url = lab.start_agent(i, tmp / f"h{i}", TOKEN, driver="native")
+                m.agent_for(f"h{i}", url, TOKEN).call(
+                    "import_image", agent.ImportImage(name="idle", kernel=str(GUEST)))
+                m.submit(RegisterHost(name=f"h{i}", url=url, token=TOKEN), SYSTEM)
+            m.start()
+            admin = Actor("admin", Role.ADMIN)
+            job = m.runner.wait(m.submit(CreateCluster(xml=xml), admin), 120)
+            assert job.state == "succeeded", job.error
+            with store.session() as s:
+                where = {v.name: (v.host, v.actual) for v in s.query(Vm)}
+            assert sorted(h for h, _ in where.values()) == ["h0", "h0", "h1", "h1"]
+            assert all(a == "running" for _, a in where.values())
+            for h in ("h0", "h1"):
+                client = m.agent(h)
+                gold = client.call("snapshot_info", name="gold")  # one golden per host
+                assert sorted(gold.used_by) == sorted(n for n, (hh, _) in where.items() if hh == h)
+                for n in gold.used_by:
+                    wait_ticks(client, n, after=2)
+            job = m.runner.wait(m.submit(DeleteCluster(name="sc"), admin), 120)
+            assert job.state == "succeeded", job.error
+            for h in ("h0", "h1"):
+                assert m.agent(h).call("list_vms") == []
+    finally:
+        m.stop()
+        store.close()
+        shutil.rmtree(tmp, ignore_errors=True)
