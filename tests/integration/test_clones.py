@@ -15,6 +15,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from vnix.testkit.runner import TESTKIT_DIR, build
@@ -66,10 +67,14 @@ def make_snapshot(tmp: Path) -> tuple[Path, Path]:
     return snap, disk
 
 
-def test_ten_clones_each_take_their_own_identity(tmp_path: Path) -> None:
+@pytest.mark.parametrize("prefork", [2, 0])
+def test_ten_clones_each_take_their_own_identity(tmp_path: Path, prefork: int) -> None:
+    """``prefork`` 2: each request goes to an idle pre-forked child (the server's default); 0: a
+    child forked for each request."""
     snap, disk = make_snapshot(tmp_path)
-    server = CloneServer(str(snap), str(tmp_path / "clones.sock"), log=str(tmp_path / "server.log"))
+    server = CloneServer(str(snap), str(tmp_path / "clones.sock"), log=str(tmp_path / "server.log"), prefork=prefork)
     pids: list[int] = []
+    idle: list[psutil.Process] = []
     try:
         specs = []
         for i in range(1, N + 1):
@@ -108,8 +113,17 @@ def test_ten_clones_each_take_their_own_identity(tmp_path: Path) -> None:
         assert len(macs) == N and len(randoms) == N
         for pid in pids:  # restored, answered, still running
             os.kill(pid, 0)
+        deadline = time.monotonic() + 10
+        while True:  # the pool is refilled after the last request
+            idle = [c for c in psutil.Process(server.proc.pid).children() if c.pid not in pids]
+            if len(idle) == prefork or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert len(idle) == prefork
     finally:
         server.close()
+        _, alive = psutil.wait_procs(idle, timeout=10)  # idle children end with their server
+        assert not alive
         for pid in pids:
             try:
                 os.kill(pid, 15)

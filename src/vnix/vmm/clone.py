@@ -1,22 +1,34 @@
 """Copy-on-write clones: many VMs from one snapshot, SnowFlock-style, through a warm clone server.
 
-``python -m vnix.vmm.clone --snapshot PATH --sock SOCK`` is the server. A clone's unique memory
-has to stay small (issue 4: <= 8 MiB per idle clone) and a Python VMM process alone holds ~10 MiB
-of private heap, so clones are not separate ``python -m vnix.vmm --restore`` processes but
-``fork()``\\ s of one process that has already imported the VMM and loaded the snapshot:
+``python -m vnix.vmm.clone --snapshot PATH --sock SOCK [--prefork K]`` is the server. A clone's
+unique memory has to stay small (issue 4: <= 8 MiB per idle clone) and a Python VMM process alone
+holds ~10 MiB of private heap, so clones are not separate ``python -m vnix.vmm --restore``
+processes but ``fork()``\\ s of one process that has already imported the VMM and loaded the
+snapshot, forked *before* their request comes (a fork costs the server 2-2.5 ms, and the child's
+first steps more, with every page it writes copied):
 
 1. the server imports the VMM, loads and checks the snapshot once (header, state, extents),
    ``gc.freeze()``\\ s what it built (a collection in a child would write to every object header
-   and unshare the pages), listens on SOCK and prints ``ready`` on stdout;
+   and unshare the pages), listens on SOCK, forks K idle children (default 2) and prints
+   ``ready`` on stdout. Each idle child does what no clone's overrides change
+   (:func:`vnix.vmm.snapshot.restore.prepare_vm`: opens /dev/kvm, creates its KVM VM, maps guest
+   RAM MAP_PRIVATE from the snapshot file (pages come in on demand from the page cache, shared by
+   every clone until one writes them) into slots without dirty logging, TSS, irqchip, PIT), then
+   blocks reading its own SOCK_SEQPACKET socketpair to the server (EOF there: the server is gone,
+   the child exits);
 2. the client connects and sends one JSON line, a :class:`CloneSpec` (name, vsock CID and
    socket, its own disks (a qcow2 overlay each) and nets (tap, MAC), serial log, API socket);
-3. the server ``fork()``\\ s; the parent closes its copy of the connection and waits for the
-   next one; the child redirects its stdout (the serial console) to the log, creates its own KVM
-   VM and maps guest RAM MAP_PRIVATE from the snapshot file (pages come in on demand from the
-   page cache, shared by every clone until one writes them), without dirty logging;
+3. the server reads it (that instant, CLOCK_MONOTONIC, is the request time) and sends the
+   oldest idle child one message, ``"<request time> <the JSON line>"``, with the client's
+   connection attached (SCM_RIGHTS); no fork on this path (if no child is idle, one is forked
+   now). The server closes its copy of the connection, forks replacements until K are idle again
+   (stopping as soon as another request waits) and takes the next request. With ``--prefork 0``
+   the server forks a child for each request instead, which does step 1's preparation itself.
+   The child redirects its stdout (the serial console) to the log and restores the rest with the
+   clone's overrides (devices, vCPUs, irqchip/PIT state, device state, clock);
 4. once the child's boot vCPU is in KVM_RUN it answers on the connection with one JSON line
-   ``{"pid": N, "restore_ms": T}`` (T: from the request read to the vCPU running) and closes it,
-   or ``{"error": "..."}`` and exits.
+   ``{"pid": N, "restore_ms": T}`` (T: from the request read in step 3 to the vCPU running) and
+   closes it, or ``{"error": "..."}`` and exits.
 
 A child ends like a VMM process (its exit status as in :mod:`vnix.vmm.exitcodes`); the server
 does not wait for it (SIGCHLD ignored: the kernel reaps it). :class:`CloneServer` starts a server
@@ -28,6 +40,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -38,6 +51,7 @@ from dataclasses import asdict, dataclass, field
 from vnix.vmm import VmmError
 
 MAX_REQUEST = 64 * 1024
+DEFAULT_PREFORK = 2  # idle children kept ready (--prefork K)
 
 
 class CloneError(VmmError):
@@ -59,8 +73,52 @@ class CloneSpec:
 
 
 # -- the server ----------------------------------------------------------------------------------
-def _child(conn: socket.socket, spec: CloneSpec, snap: object, t_request: float) -> None:
-    """In the forked child: restore, answer, run. Never returns."""
+def _set_policy(policy: int) -> None:
+    try:
+        os.sched_setscheduler(0, policy, os.sched_param(0))
+    except OSError:  # SCHED_IDLE -> SCHED_OTHER needs RLIMIT_NICE room without privilege
+        pass
+
+
+def _pool_child(ctrl: socket.socket, snap: object) -> None:
+    """In an idle pre-forked child (step 1): prepare what no spec changes, then wait for one
+    spec and the client's connection on ``ctrl`` (step 3). Never returns."""
+    from vnix.vmm.snapshot.restore import prepare_vm
+
+    prepared = None
+    failed: Exception | None = None
+    _set_policy(os.SCHED_IDLE)  # a burst's clones run first; this one waits its turn anyway
+    try:
+        prepared = prepare_vm(snap, memory_backing="private-mmap", dirty_log=False)  # type: ignore[arg-type]
+    except Exception as exc:  # noqa: BLE001 - told to the client that gets this child
+        failed = exc
+    try:
+        msg, fds, _, _ = socket.recv_fds(ctrl, 2 * MAX_REQUEST + 64, 1)
+    except OSError:
+        os._exit(0)
+    ctrl.close()
+    if not fds:  # the server is gone (EOF) or stops the pool
+        os._exit(0)
+    _set_policy(os.SCHED_OTHER)
+    conn = socket.socket(fileno=fds[0])
+    try:
+        head, _, line = msg.partition(b" ")
+        t_request = float(head)
+        spec = CloneSpec(**json.loads(line))
+    except (ValueError, TypeError) as exc:
+        failed = exc
+        spec, t_request = None, time.monotonic()  # type: ignore[assignment]
+    if failed is not None:
+        try:
+            conn.sendall(json.dumps({"error": f"{type(failed).__name__}: {failed}"}).encode() + b"\n")
+        except OSError:
+            pass
+        os._exit(70)
+    _child(conn, spec, snap, t_request, prepared)
+
+
+def _child(conn: socket.socket, spec: CloneSpec, snap: object, t_request: float, prepared: object = None) -> None:
+    """In the child that got the request: restore, answer, run. Never returns."""
     from vnix.vmm.config import VsockConfig, parse_disk, parse_net
     from vnix.vmm.machine import Machine
     from vnix.vmm.snapshot.restore import SnapshotOverrides, restore_machine
@@ -81,7 +139,7 @@ def _child(conn: socket.socket, spec: CloneSpec, snap: object, t_request: float)
         overrides = SnapshotOverrides(disks=[parse_disk(d) for d in spec.disks] or None,
                                       nets=[parse_net(n) for n in spec.nets] or None, vsock=vsock)
         machine = restore_machine(Machine, snap, stats, memory_backing="private-mmap",  # type: ignore[arg-type]
-                                  overrides=overrides, dirty_log=False)
+                                  overrides=overrides, dirty_log=False, prepared=prepared)  # type: ignore[arg-type]
         if spec.api_sock is not None:
             from vnix.vmm.api import serve
 
@@ -107,7 +165,49 @@ def _child(conn: socket.socket, spec: CloneSpec, snap: object, t_request: float)
         os._exit(status)
 
 
-def serve(snapshot_path: str, sock_path: str) -> None:
+class _Pool:
+    """The server's idle pre-forked children: ``(pid, control socket)``, oldest first."""
+
+    def __init__(self, snap: object, lsock: socket.socket, size: int) -> None:
+        self.snap, self.lsock, self.size = snap, lsock, size
+        self.idle: list[tuple[int, socket.socket]] = []
+
+    def fork(self) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        pid = os.fork()
+        if pid == 0:
+            ours.close()
+            self.lsock.close()
+            for _, other in self.idle:  # another child's control socket: its EOF is the server's exit
+                other.close()
+            _pool_child(theirs, self.snap)
+        theirs.close()
+        self.idle.append((pid, ours))
+
+    def fill(self) -> None:
+        """Fork children until ``size`` are idle, stopping as soon as a request waits."""
+        while len(self.idle) < self.size:
+            if select.select([self.lsock], [], [], 0)[0]:
+                return
+            self.fork()
+
+    def hand(self, message: bytes, conn: socket.socket) -> bool:
+        """Give a request to an idle child (forking one if none is idle); False if none took it."""
+        for _ in range(self.size + 1):
+            if not self.idle:
+                self.fork()
+            pid, ctrl = self.idle.pop(0)
+            try:
+                socket.send_fds(ctrl, [message], [conn.fileno()])
+                return True
+            except OSError:  # the child died while idle
+                continue
+            finally:
+                ctrl.close()
+        return False
+
+
+def serve(snapshot_path: str, sock_path: str, prefork: int = DEFAULT_PREFORK) -> None:
     """Steps 1-3 of the protocol above, until SIGTERM."""
     import vnix.vmm.api  # noqa: F401 - warm: every child may serve it
     import vnix.vmm.machine  # noqa: F401
@@ -126,6 +226,9 @@ def serve(snapshot_path: str, sock_path: str) -> None:
     gc.collect()
     gc.freeze()
     gc.disable()
+    pool = _Pool(snap, lsock, max(prefork, 0))
+    for _ in range(pool.size):
+        pool.fork()
     print("ready", flush=True)
     while True:
         conn, _ = lsock.accept()
@@ -146,6 +249,15 @@ def serve(snapshot_path: str, sock_path: str) -> None:
                 pass
             conn.close()
             continue
+        if pool.size:
+            if not pool.hand(f"{t_request!r} ".encode() + buf, conn):
+                try:
+                    conn.sendall(json.dumps({"error": "no clone process could take the request"}).encode() + b"\n")
+                except OSError:
+                    pass
+            conn.close()
+            pool.fill()
+            continue
         pid = os.fork()
         if pid == 0:
             lsock.close()
@@ -157,10 +269,11 @@ def serve(snapshot_path: str, sock_path: str) -> None:
 class CloneServer:
     """A clone server process for one snapshot (started here, stopped by :meth:`close`)."""
 
-    def __init__(self, snapshot: str, sock: str, log: str | None = None) -> None:
+    def __init__(self, snapshot: str, sock: str, log: str | None = None, prefork: int = DEFAULT_PREFORK) -> None:
         self.sock = sock
         out = open(log, "wb") if log else subprocess.DEVNULL
-        self.proc = subprocess.Popen([sys.executable, "-m", "vnix.vmm.clone", "--snapshot", snapshot, "--sock", sock],
+        self.proc = subprocess.Popen([sys.executable, "-m", "vnix.vmm.clone", "--snapshot", snapshot, "--sock", sock,
+                                      "--prefork", str(prefork)],
                                      stdout=subprocess.PIPE, stderr=out, stdin=subprocess.DEVNULL)
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
@@ -217,12 +330,13 @@ def send_identity(uds: str, port: int, line: str, timeout: float = 10.0) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     opts = dict(zip(args[::2], args[1::2]))
-    if set(opts) != {"--snapshot", "--sock"}:
-        print("usage: python -m vnix.vmm.clone --snapshot PATH --sock SOCK", file=sys.stderr)
+    prefork = opts.pop("--prefork", str(DEFAULT_PREFORK))
+    if set(opts) != {"--snapshot", "--sock"} or len(args) % 2 or not prefork.isdigit():
+        print("usage: python -m vnix.vmm.clone --snapshot PATH --sock SOCK [--prefork K]", file=sys.stderr)
         return 2
     signal.signal(signal.SIGTERM, lambda *a: os._exit(0))
     try:
-        serve(opts["--snapshot"], opts["--sock"])
+        serve(opts["--snapshot"], opts["--sock"], int(prefork))
     except VmmError as exc:
         print(f"vnix-clone: error: {exc}", file=sys.stderr)
         return 2

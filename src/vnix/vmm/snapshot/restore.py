@@ -7,13 +7,16 @@
    irqchip and PIT exist (measured here, 32 MiB guest: slots then TSS, irqchip, PIT 0.15 ms in
    all; the same slots added after the irqchip 11 ms). The PIT needs the irqchip (KVM_CREATE_PIT2
    fails with ENOENT before it) and costs ~0.05 ms anywhere after it. Slots get dirty logging
-   unless ``dirty_log=False`` (clones), so the next snapshot can be a diff;
+   unless ``dirty_log=False`` (clones), so the next snapshot can be a diff. Nothing here depends
+   on the overrides: :func:`prepare_vm` does this step ahead of time (a clone server's idle
+   pre-forked children), before the machine object of step 1 exists;
 3. (no GSI routing yet: one KVM_SET_GSI_ROUTING at the end of step 6 carries the legacy routes
    and every MSI route; each commit costs ~0.4 ms here and a device restore made one per vector);
 4. the devices built from the configuration, each PCI function's BAR0 and command register put
    at their saved values *before* the BAR is first mapped, so each queue-notify ioeventfd is
    registered once, at the address the guest uses (not at the default address, then again);
-5. the vCPUs, each given its saved state (:func:`vnix.vmm.vcpu.restore_vcpu_state`);
+5. the vCPUs (created here, or already by :func:`prepare_vm`), each given its saved state
+   (:func:`vnix.vmm.vcpu.restore_vcpu_state`);
 6. PIC, IOAPIC and PIT state; then each device's ``restore``: serial (FIFO included), RTC,
    i8042, the PCI host's address register, every virtio-pci function (config space, BAR,
    MSI-X, GSI routes, status, queues, the device's own state), and every queue of a running
@@ -100,13 +103,79 @@ def _no_loader(*args: object) -> object:
     raise SnapshotError("a restored machine loads no kernel")
 
 
+class PreparedVm:
+    """Step 2 of a restore done ahead of time (:func:`prepare_vm`): a KVM VM with the snapshot's
+    RAM in its slots, TSS, identity map, irqchip and PIT, and its vCPUs created (no state set:
+    a TSC set now would run on while the child waits). Nothing in it depends on a clone's
+    overrides, so a clone server's idle pre-forked child makes one before its request comes."""
+
+    __slots__ = ("snap", "backing", "dirty_log", "kvm", "vm", "mem", "vcpus", "steps_ms")
+
+    def __init__(self, snap: MachineSnapshot, backing: str, dirty_log: bool, kvm: Kvm, vm: object,
+                 mem: object, vcpus: list | None, steps_ms: dict[str, float]) -> None:  # type: ignore[type-arg]
+        self.snap, self.backing, self.dirty_log = snap, backing, dirty_log
+        self.kvm, self.vm, self.mem, self.vcpus, self.steps_ms = kvm, vm, mem, vcpus, steps_ms
+
+
+def _prepare(snap: MachineSnapshot, memory_backing: str, dirty_log: bool, steps: dict[str, float],
+             ahead: bool = False) -> PreparedVm:
+    from vnix.vmm.machine import IDENTITY_MAP_ADDR, TSS_ADDR
+
+    t = _now()
+
+    def step(name: str) -> None:
+        nonlocal t
+        now = _now()
+        steps[name] = (now - t) * 1000
+        t = now
+
+    kvm = Kvm()
+    kvm.require()
+    vm = kvm.create_vm()
+    step("kvm_open_create_vm")
+    mem = snap.open_memory(memory_backing)  # type: ignore[arg-type]
+    step("open_memory")
+    for slot, region in enumerate(mem):
+        vm.set_user_memory_region(slot, region.guest_addr, region.size, region.host_address,
+                                  k.KVM_MEM_LOG_DIRTY_PAGES if dirty_log else 0)
+    step("memory_slots")
+    vm.set_tss_addr(TSS_ADDR)
+    vm.set_identity_map_addr(IDENTITY_MAP_ADDR)
+    step("tss_identity_map")
+    vm.create_irqchip()
+    step("create_irqchip")
+    vm.create_pit2()
+    step("create_pit2")
+    vcpus = None
+    if ahead:
+        vcpus = [vm.create_vcpu(vstate.id) for vstate in snap.state.vcpus]  # their state: step 5
+        step("create_vcpus")
+    return PreparedVm(snap, memory_backing, dirty_log, kvm, vm, mem, vcpus, steps)
+
+
+def prepare_vm(snap: MachineSnapshot, *, memory_backing: Literal["copy", "private-mmap"] = "copy",
+               dirty_log: bool = True) -> PreparedVm:
+    """Step 2 alone, and each vCPU created (its state is set in step 5), for a later
+    :func:`restore_machine` of ``snap`` with ``prepared=`` (same backing and ``dirty_log``);
+    its times end up in ``restore_steps_ms`` as ``prepared_*``."""
+    try:
+        return _prepare(snap, memory_backing, dirty_log, {}, ahead=True)
+    except KvmError as exc:
+        raise SnapshotError(f"cannot restore the machine: {exc}") from None
+    except (ValueError, VmmError) as exc:
+        if isinstance(exc, SnapshotError):
+            raise
+        raise SnapshotError(f"cannot restore the machine: {exc}") from None
+
+
 def restore_machine(cls: type[Machine], snap: MachineSnapshot, stats: Stats, *,
                     memory_backing: Literal["copy", "private-mmap"] = "copy",
                     overrides: SnapshotOverrides | None = None, console: Console | None = None,
-                    dirty_log: bool = True) -> Machine:
+                    dirty_log: bool = True, prepared: PreparedVm | None = None) -> Machine:
     """``dirty_log=False`` (clones): slots without KVM_MEM_LOG_DIRTY_PAGES (no bitmap to keep
-    for each write), so the machine's next snapshot is a full one."""
-    from vnix.vmm.machine import IDENTITY_MAP_ADDR, TSS_ADDR, MachineParts
+    for each write), so the machine's next snapshot is a full one. ``prepared``: step 2 already
+    done by :func:`prepare_vm` (a VM is used by one restore only)."""
+    from vnix.vmm.machine import MachineParts
 
     t = t_start = _now()
     state = snap.state
@@ -127,24 +196,15 @@ def restore_machine(cls: type[Machine], snap: MachineSnapshot, stats: Stats, *,
         t = now
 
     try:
-        kvm = Kvm()
-        kvm.require()
-        vm = kvm.create_vm()
-        step("kvm_open_create_vm")
-        mem = snap.open_memory(memory_backing)
-        step("open_memory")
-        for slot, region in enumerate(mem):
-            vm.set_user_memory_region(slot, region.guest_addr, region.size, region.host_address,
-                                      k.KVM_MEM_LOG_DIRTY_PAGES if dirty_log else 0)
+        if prepared is None:
+            prepared = _prepare(snap, memory_backing, dirty_log, steps)
+            t = _now()
+        elif prepared.snap is not snap or prepared.dirty_log != dirty_log or prepared.backing != memory_backing:
+            raise SnapshotError("the prepared VM was made for another snapshot or memory backing")
+        else:
+            steps.update({f"prepared_{name}": ms for name, ms in prepared.steps_ms.items()})  # before the request
+        kvm, vm, mem = prepared.kvm, prepared.vm, prepared.mem
         stats.guest_ram_bytes = mem.size
-        step("memory_slots")
-        vm.set_tss_addr(TSS_ADDR)
-        vm.set_identity_map_addr(IDENTITY_MAP_ADDR)
-        step("tss_identity_map")
-        vm.create_irqchip()
-        step("create_irqchip")
-        vm.create_pit2()
-        step("create_pit2")
         placement = {name: (st.bar0, st.command) for name, st in state.pci.items()}
         machine._add_devices(vm, mem, placement)
         step("add_devices")
@@ -152,8 +212,8 @@ def restore_machine(cls: type[Machine], snap: MachineSnapshot, stats: Stats, *,
         if names != set(state.pci):
             raise SnapshotMismatch(f"snapshot devices {sorted(state.pci)} do not match the machine's {sorted(names)}")
         vcpus = []
-        for vstate in state.vcpus:
-            vcpu = vm.create_vcpu(vstate.id)
+        for i, vstate in enumerate(state.vcpus):
+            vcpu = prepared.vcpus[i] if prepared.vcpus is not None else vm.create_vcpu(vstate.id)
             restore_vcpu_state(vcpu, vstate)
             vcpus.append(vcpu)
         step("vcpus")
