@@ -46,9 +46,9 @@ image: venv
 # 4-node virtual cluster of examples/hpc-cluster.xml, each node on its console within a minute.
 demo: venv web testkit image
 	$(BIN)/vnix host check || true
-	-@$(BIN)/vnix down >/dev/null 2>&1
+	@$(BIN)/vnix down >/dev/null 2>&1 || true  # a previous demo's manager
 	$(BIN)/vnix up --detach
-	-@$(BIN)/vnix cluster delete hpc >/dev/null 2>&1
+	@$(BIN)/vnix cluster delete hpc >/dev/null 2>&1 || true  # and its cluster
 	$(BIN)/vnix cluster create examples/hpc-cluster.xml
 	$(BIN)/vnix cluster wait hpc --console --timeout 60
 	@echo "consoles: vnix vm console hpc-head-0 (or the dashboard above); cluster: vnix cluster show hpc"
