@@ -419,6 +419,10 @@ static void app_finish(struct tcp_conn *c, struct app *a)
 	st.tcp_dup_acks += c->dup_acks_sent;
 	switch (a->kind) {
 	case APP_ECHO:
+		/* A connection that carried nothing is a connect attempt the host gave up on (its
+		 * socket timed out before our SYN-ACK came, and it retried): keep serving the echo. */
+		if (a->in == 0)
+			break;
 		st.echo_done = true; st.echo_clean = clean; st.echo_bytes = a->in;
 		break;
 	case APP_CLIENT:

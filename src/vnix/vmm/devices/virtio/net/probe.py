@@ -139,7 +139,7 @@ def pattern(offset: int, n: int) -> bytes:
     return (cycle * reps)[start : start + n]
 
 
-def connect_retry(ip: str, port: int, *, timeout: float = 30.0, attempt: float = 1.0) -> socket.socket:
+def connect_retry(ip: str, port: int, *, timeout: float = 30.0, attempt: float = 3.0) -> socket.socket:
     """A TCP connection to a guest that may not be up yet: retried (a fresh socket each time)
     until ``timeout``. A refusal (the guest's RST) is raised at once."""
     end = time.monotonic() + timeout
