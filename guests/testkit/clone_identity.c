@@ -11,31 +11,18 @@
  * then it sleeps again (an idle clone costs no CPU) and takes the next connection.
  * The packet work runs in ring 3 (fast on this KVM); only waiting happens in ring 0. */
 #include "virtio.h"
+#include "vsock.h"
 
 const char testkit_name[] = "clone_identity";
 
 #define F_VERSION_1 32
-#define RXQ 0
-#define TXQ 1
-#define EVQ 2
+#define RXQ VSOCK_RXQ
+#define TXQ VSOCK_TXQ
+#define EVQ VSOCK_EVQ
 #define NRX 16
 #define PAYLOAD 512
-#define OP_REQUEST 1
-#define OP_RESPONSE 2
-#define OP_RST 3
-#define OP_SHUTDOWN 4
-#define OP_RW 5
-#define OP_CREDIT_UPDATE 6
-#define OP_CREDIT_REQUEST 7
 #define BUF_ALLOC (64u * 1024)
 #define RX_VECTOR 0x42
-
-struct hdr {
-	uint64_t src_cid, dst_cid;
-	uint32_t src_port, dst_port, len;
-	uint16_t type, op;
-	uint32_t flags, buf_alloc, fwd_cnt;
-} __attribute__((packed));
 
 static struct virtio_dev dev, net;
 static bool has_net;

@@ -7,30 +7,17 @@
  * There is no QEMU reference (no vhost-vsock here): the host side of the test checks the bytes.
  * Everything after setup runs in ring 3 (rings and BAR0 are user-accessible). */
 #include "virtio.h"
+#include "vsock.h"
 
 const char testkit_name[] = "virtio_vsock";
 
 #define F_VERSION_1 32
-#define RXQ 0
-#define TXQ 1
-#define EVQ 2
+#define RXQ VSOCK_RXQ
+#define TXQ VSOCK_TXQ
+#define EVQ VSOCK_EVQ
 #define NRX 32
 #define PAYLOAD 4096
-#define OP_REQUEST 1
-#define OP_RESPONSE 2
-#define OP_RST 3
-#define OP_SHUTDOWN 4
-#define OP_RW 5
-#define OP_CREDIT_UPDATE 6
-#define OP_CREDIT_REQUEST 7
 #define BUF_ALLOC (64u * 1024)
-
-struct hdr {
-	uint64_t src_cid, dst_cid;
-	uint32_t src_port, dst_port, len;
-	uint16_t type, op;
-	uint32_t flags, buf_alloc, fwd_cnt;
-} __attribute__((packed));
 
 static struct virtio_dev dev;
 static struct virtq rxq __attribute__((aligned(4096))), txq __attribute__((aligned(4096))),

@@ -287,7 +287,8 @@ def vsock_request(kind: int, port: int, n: int) -> list[tuple[bytes | int, bool]
 
 
 class FrameSource:
-    """A socket pair whose far end always has a few frames waiting (net rx has work)."""
+    """A socket pair whose far end always has a few frames waiting (net rx has work); frames the
+    guest transmits are counted and dropped (a host that swallows everything)."""
 
     def __init__(self) -> None:
         import socket
@@ -296,6 +297,7 @@ class FrameSource:
         a.setblocking(False)
         self.peer.setblocking(False)
         self.sock, self.fd = a, a.fileno()
+        self.sunk = 0
 
     def refill(self, seed: int) -> None:
         rnd = random.Random(seed)
@@ -312,7 +314,8 @@ class FrameSource:
             return None
 
     def writev(self, buffers: list) -> bool:
-        return True  # frames to the host vanish
+        self.sunk += 1  # accepted and dropped
+        return True
 
     def close(self) -> None:
         self.sock.close()
