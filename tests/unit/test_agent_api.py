@@ -163,3 +163,57 @@ def test_console_websocket_streams_and_types(client: TestClient) -> None:
     with pytest.raises(Exception):
         with client.websocket_connect("/vms/w/console/ws?token=nope") as ws:
             ws.receive_bytes()
+
+
+def fake_golden(client: TestClient, name: str, image: str) -> Path:
+    """A golden snapshot of ``image`` as the agent stores one (no KVM: its record, an empty
+    snapshot file and the saved disk, a qcow2 overlay of the image's disk, made the way
+    vnix.node.snapshots makes it)."""
+    import json
+    from dataclasses import asdict
+
+    from vnix.node.snapshots import GoldenRecord
+
+    gold = client.app.state.vms.snapshots  # type: ignore[attr-defined]
+    d = gold.root / name
+    d.mkdir(parents=True)
+    rec = gold.images.get(image)
+    disk = gold.images.make_overlay(rec, d / "disk.qcow2") if rec.disk else None
+    (d / "golden.snap").write_bytes(b"")
+    (d / "golden.json").write_text(json.dumps(asdict(GoldenRecord(
+        name=name, image=image, memory_mib=64, cpus=1, cmdline=rec.cmdline, ready="tick 1",
+        vsock=False, identity_port=None, disk=str(disk) if disk else None,
+        path=str(d / "golden.snap"), size=0, created=0.0, boot_s=0.1, save_s=0.1))))
+    return d
+
+
+def test_image_with_golden_snapshots_is_not_deleted(client: TestClient,
+                                                    files: dict[str, Path]) -> None:
+    """A golden snapshot's disk is an overlay of its image's disk (and its clones boot the
+    image's kernel): the image stays until the snapshots are gone, and nothing is lost."""
+    client.post("/images", headers=H, json={"name": "q", "path": str(files["qcow"])})
+    gold, silver = fake_golden(client, "gold", "linux"), fake_golden(client, "silver", "linux")
+    other = fake_golden(client, "other", "q")
+    base = client.get("/images/linux", headers=H).json()["disk"]
+    r = client.delete("/images/linux", headers=H)
+    assert r.status_code == 409, r.text
+    assert r.json()["kind"] == "ImageInUse"
+    assert r.json()["error"] == ("image 'linux' has golden snapshot(s) made from it: gold, "
+                                 "silver; every clone of them needs it (delete the snapshot(s) "
+                                 "first)")
+    assert Path(base).is_file() and client.get("/images/linux", headers=H).status_code == 200
+    info = subprocess.run(["qemu-img", "info", "--output=json", "--backing-chain",
+                           str(gold / "disk.qcow2")], capture_output=True, text=True)
+    assert info.returncode == 0 and base in info.stdout  # the snapshot's disk still reads
+    # a record that cannot be read still counts when its disk sits on the image
+    (silver / "golden.json").write_text("{not json")
+    assert client.delete("/images/linux", headers=H).status_code == 409
+    assert "silver" in client.delete("/images/linux", headers=H).json()["error"]
+    assert client.delete("/snapshots/gold", headers=H).status_code == 204
+    r = client.delete("/images/linux", headers=H)
+    assert r.status_code == 409 and "made from it: silver;" in r.json()["error"]
+    shutil.rmtree(silver)  # (the agent cannot read it, so the admin removes it by hand)
+    assert client.delete("/images/linux", headers=H).status_code == 204
+    r = client.delete("/images/q", headers=H)
+    assert r.status_code == 409 and "made from it: other;" in r.json()["error"]
+    assert other.is_dir()

@@ -169,7 +169,7 @@ def create_app(data_dir: Path, token: str, drivers: list[str] | None = None,
 
     @api.delete("/images/{name}", status_code=204)
     def delete_image(name: str) -> Response:
-        vms.images.delete(name, vms.image_users(name))
+        vms.images.delete(name, vms.image_users(name), vms.snapshots.of_image(name))
         return Response(status_code=204)
 
     # -- golden snapshots (vnix.node.snapshots): clones are POST /vms with 'snapshot' -------

@@ -207,10 +207,17 @@ class ImageStore:
                                   str(manifest.get("cmdline", "")),
                                   src / rootfs if rootfs else None)
 
-    def delete(self, name: str, used_by: list[str]) -> None:
+    def delete(self, name: str, used_by: list[str], snapshots: list[str] | None = None) -> None:
+        """Remove image ``name`` unless VMs (``used_by``) or golden snapshots made from it
+        (``snapshots``: their saved disk is an overlay of this image's disk, their clones
+        boot its kernel) still need it."""
         self.get(name)
         if used_by:
             raise ImageInUse(f"image {name!r} is in use by VM(s) {', '.join(sorted(used_by))}")
+        if snapshots:
+            raise ImageInUse(f"image {name!r} has golden snapshot(s) made from it: "
+                             f"{', '.join(sorted(snapshots))}; every clone of them needs it "
+                             "(delete the snapshot(s) first)")
         shutil.rmtree(self._dir(name))
 
     def make_overlay(self, image: ImageRecord, dest: Path) -> Path:

@@ -110,6 +110,25 @@ class GoldenStore:
             raise SnapshotError(f"unreadable snapshot record {name!r}: {exc}") from None
         return GoldenRecord(**raw)
 
+    def of_image(self, image: str) -> list[str]:
+        """The snapshots made from ``image`` (their disk overlays its disk, their clones boot
+        its kernel). A record that cannot be read counts when its saved disk sits on the
+        image's directory: better a refused image delete than broken clones."""
+        if not self.root.is_dir():
+            return []
+        image_dir = str(self.images.root / image) + "/"
+        out = []
+        for d in sorted(self.root.iterdir()):
+            if not (d / "golden.json").is_file():
+                continue
+            try:
+                if self.get(d.name).image == image:
+                    out.append(d.name)
+            except (SnapshotError, TypeError, BadRequest):
+                if (d / "disk.qcow2").is_file() and image_dir in _backing_file(d / "disk.qcow2"):
+                    out.append(d.name)
+        return out
+
     def exists(self, name: str) -> bool:
         return (self._dir(name) / "golden.json").is_file()
 
@@ -233,6 +252,23 @@ class GoldenStore:
             except Exception as exc:  # every server is tried
                 log.warning("clone server: %s", exc)
         self._servers.clear()
+
+
+def _backing_file(qcow2: Path) -> str:
+    """The backing file named in a qcow2 header (QEMU's docs/interop/qcow2.txt: offset 8,
+    size 4 at 16, both big-endian), '' if there is none or the file cannot be read."""
+    try:
+        with qcow2.open("rb") as f:
+            head = f.read(20)
+            if len(head) < 20 or head[:4] != b"QFI\xfb":
+                return ""
+            offset, size = int.from_bytes(head[8:16], "big"), int.from_bytes(head[16:20], "big")
+            if not offset or not 0 < size <= 1023:
+                return ""
+            f.seek(offset)
+            return f.read(size).decode(errors="replace")
+    except OSError:
+        return ""
 
 
 def _end_stale_server(pid_file: Path, snapshot: str) -> None:
