@@ -2,7 +2,9 @@
  * interrupts and
  *  - prints "tick N" twice a second (PIT channel 0 at 20 Hz, IRQ 0 through the I/O APIC), so a
  *    test sees output stop while the VM is paused and continue after resume;
- *  - echoes each line typed on the serial port as "echo: LINE" (IRQ 4);
+ *  - echoes each line typed on the serial port as "echo: LINE" (IRQ 4); the line "poweroff"
+ *    then powers off through ACPI S5 (the guest ending by itself, status 0) and "triple-fault"
+ *    loads an empty IDT and executes ud2 (#UD -> #GP -> #DF -> triple fault, status 12);
  *  - on Ctrl-Alt-Del from the i8042 (IRQ 1; scan code set 1 or 2) prints "ctrl-alt-del" and
  *    powers off through ACPI S5 (SLP_TYP 5 | SLP_EN at port 0x600, vnix's hardware-reduced sleep
  *    register); with "cad=ignore" on the cmdline it prints "ignoring ctrl-alt-del" and runs on
@@ -33,6 +35,21 @@ static volatile bool ctrl, alt, cad;
 static bool e0, brk;	/* keyboard decoder state: E0 prefix, set-2 F0 break prefix */
 
 static void pit_irq(struct irq_frame *f) { pit_irqs++; lapic_eoi(); }
+
+static void power_off(void)
+{
+	printf("power off\n");
+	outb(ACPI_SLEEP_CONTROL, SLP_S5);
+	for (;;) sti_hlt();
+}
+
+static void triple_fault(void)
+{
+	struct { uint16_t limit; uint64_t base; } __attribute__((packed)) none = { 0, 0 };
+	cli();
+	__asm__ volatile("lidt %0; ud2" :: "m"(none));
+	for (;;) cpu_relax();
+}
 
 static void rx_irq(struct irq_frame *f)
 {
@@ -97,6 +114,11 @@ void testkit_main(void)
 		if (line_ready) {
 			line[len] = 0;
 			printf("echo: %s\n", line);
+			if (!strncmp(line, "poweroff", sizeof "poweroff")) power_off();
+			if (!strncmp(line, "triple-fault", sizeof "triple-fault")) {
+				printf("triple fault\n");
+				triple_fault();
+			}
 			len = 0;
 			line_ready = false;
 		}
@@ -107,9 +129,7 @@ void testkit_main(void)
 				printf("ignoring ctrl-alt-del\n");
 				continue;
 			}
-			printf("power off\n");
-			outb(ACPI_SLEEP_CONTROL, SLP_S5);
-			for (;;) sti_hlt();
+			power_off();
 		}
 	}
 }
