@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from vnix.vmm.devices.virtio.constants import F_VERSION_1, bit
-from vnix.vmm.devices.virtio.mock import ManualWatch, MockDriver, bring_up
+from vnix.vmm.devices.virtio.control import VirtioControl
+from vnix.vmm.devices.virtio.mock import ManualWatch, MockDriver, RecordingInterrupt, bring_up
 from vnix.vmm.devices.virtio.vsock import VirtioVsock
 from vnix.vmm.devices.virtio.vsock import packet as p
 from vnix.vmm.devices.virtio.vsock.connection import BUF_ALLOC
@@ -253,3 +254,113 @@ def test_close_removes_the_socket_file(tmp_path: Path) -> None:
     assert path.exists()
     dev.close()
     assert not path.exists()
+
+
+# -- the transport reset event after a snapshot restore (5.10.6.7) --------------------------------
+class EventGuest:
+    """A device brought up through a VirtioControl, with the event queue's driver at hand."""
+
+    def __init__(self, tmp_path: Path, name: str = "e.sock", cid: int = CID) -> None:
+        self.mem = GuestMemory([(0, 4 << 20)])
+        self.dev = VirtioVsock(cid, str(tmp_path / name))
+        self.dev.attach_watch(ManualWatch())
+        self.ctl, drivers, self.irq = bring_up(self.dev, self.mem, bit(F_VERSION_1), queue_size=16)
+        self.evq = drivers[2]
+
+    def close(self) -> None:
+        self.dev.close()
+        self.mem.close()
+
+
+@pytest.fixture
+def ev(tmp_path: Path) -> EventGuest:
+    g = EventGuest(tmp_path)
+    yield g
+    g.close()
+
+
+def test_transport_reset_goes_into_the_first_event_buffer(ev: EventGuest) -> None:
+    head, bufs = ev.evq.add_chain([(8, True)])
+    second, _ = ev.evq.add_chain([(8, True)])
+    ev.dev.after_restore()
+    assert ev.evq.used() == [(head, 4)]  # one event, the second buffer kept for the next one
+    assert ev.evq.read(bufs[0]) == b"\0\0\0\0" + b"\xaa" * 4  # le32 id 0, nothing written beyond
+    assert ev.irq.queues == [2]
+    assert ev.dev.stats()["transport_resets_sent"] == 1 and ev.dev.stats()["transport_resets_dropped"] == 0
+    ev.dev.after_restore()  # a later restore uses the next buffer
+    assert [h for h, _ in ev.evq.used()] == [second]
+
+
+def test_transport_reset_split_over_two_descriptors(ev: EventGuest) -> None:
+    head, bufs = ev.evq.add_chain([(2, True), (2, True)])
+    ev.dev.after_restore()
+    assert ev.evq.used() == [(head, 4)]
+    assert ev.evq.read(bufs[0]) + ev.evq.read(bufs[1]) == b"\0\0\0\0"
+
+
+def test_short_and_read_only_event_buffers_are_skipped(ev: EventGuest) -> None:
+    short, sbufs = ev.evq.add_chain([(3, True)])  # < 4 writable bytes
+    ro, rbufs = ev.evq.add_chain([(b"\xbb" * 8, False)])  # device-readable only
+    mixed, mbufs = ev.evq.add_chain([(b"\xcc" * 4, False), (8, True)])  # a readable part
+    good, gbufs = ev.evq.add_chain([(4, True)])
+    ev.dev.after_restore()
+    assert ev.evq.used() == [(short, 0), (ro, 0), (mixed, 0), (good, 4)]
+    assert ev.evq.read(sbufs[0]) == b"\xaa" * 3 and ev.evq.read(rbufs[0]) == b"\xbb" * 8
+    assert ev.evq.read(mbufs[0]) == b"\xcc" * 4 and ev.evq.read(mbufs[1]) == b"\xaa" * 8
+    assert ev.evq.read(gbufs[0]) == b"\0" * 4
+    assert ev.dev.metrics.bad_chains == 3 and ev.dev.transport_resets_sent == 1
+    assert not ev.dev.broken
+
+
+def test_only_unusable_event_buffers_drop_the_event(ev: EventGuest) -> None:
+    ro, rbufs = ev.evq.add_chain([(b"\xbb" * 8, False)])
+    ev.dev.after_restore()
+    assert ev.evq.used() == [(ro, 0)] and ev.evq.read(rbufs[0]) == b"\xbb" * 8
+    assert ev.dev.transport_resets_sent == 0 and ev.dev.transport_resets_dropped == 1
+    assert not ev.dev.broken
+
+
+def test_no_event_buffer_posted_is_counted_not_fatal(ev: EventGuest) -> None:
+    ev.dev.after_restore()
+    assert ev.evq.used() == [] and ev.irq.queues == []
+    assert ev.dev.stats()["transport_resets_dropped"] == 1 and ev.dev.transport_resets_sent == 0
+    assert not ev.dev.broken and ev.dev.active
+
+
+def test_a_broken_event_ring_puts_the_device_in_needs_reset(ev: EventGuest) -> None:
+    ev.evq.set_avail_idx(100)  # more entries than the queue holds: the driver broke the ring
+    ev.dev.after_restore()
+    assert ev.dev.broken and ev.dev.metrics.queue_errors == 1
+    assert ev.dev.transport_resets_dropped == 1
+
+
+def test_no_event_before_the_driver_is_ready(tmp_path: Path) -> None:
+    dev = VirtioVsock(CID, str(tmp_path / "n.sock"))
+    try:
+        dev.after_restore()  # never activated: the driver reads the CID when it sets up
+        assert dev.stats()["transport_resets_sent"] == dev.stats()["transport_resets_dropped"] == 0
+    finally:
+        dev.close()
+
+
+def test_restored_device_sends_the_reset_and_has_the_clones_cid(tmp_path: Path) -> None:
+    """The device's part of a restore: control state saved from one device, loaded into a new
+    one (a clone: another CID), then the restore's after_restore hook."""
+    first = EventGuest(tmp_path, "a.sock")
+    try:
+        head, _ = first.evq.add_chain([(4, True)])
+        state = first.ctl.save()
+        second = VirtioVsock(CID, str(tmp_path / "b.sock"))
+        try:
+            irq = RecordingInterrupt()
+            ctl = VirtioControl(second, first.mem, irq)
+            ctl.restore(state)
+            second.cid = 77  # what restore.py does for a clone's vsock override
+            assert first.evq.used() == []  # nothing sent by the first device or by the load
+            second.after_restore()
+            assert first.evq.used() == [(head, 4)] and irq.queues == [2]
+            assert second.read_config(0, 8) == (77).to_bytes(8, "little")
+        finally:
+            second.close()
+    finally:
+        first.close()

@@ -240,6 +240,7 @@ def restore_machine(cls: type[Machine], snap: MachineSnapshot, stats: Stats, *,
                                          snap.path, snap.snapshot_id).start(True)
         step("dirty_tracker")
         _kick_queues(machine)
+        _after_restore(machine)
         vm.set_clock(ks.kvm_clock_data(clock=state.vm.clock, flags=0))
         step("kick_queues_clock")
     except KvmError as exc:
@@ -285,3 +286,10 @@ def _kick_queues(machine: Machine) -> None:
             for q, fd in zip(fn.control.queues, fn.notify_fds):
                 if q.ready:
                     os.eventfd_write(fd, 1)
+
+
+def _after_restore(machine: Machine) -> None:
+    """Each device's :meth:`~vnix.vmm.devices.virtio.device.VirtioDevice.after_restore` (vsock:
+    the transport reset event, so the guest drops the streams the snapshot could not keep)."""
+    for fn in machine.pci.functions.values() if machine.pci is not None else ():
+        fn.device.after_restore()

@@ -142,6 +142,15 @@ class VirtioDevice(ABC):
     def on_reset(self) -> None:
         """Hook: drop in-flight host-side state."""
 
+    def after_restore(self) -> None:
+        """Hook, called once at the end of a snapshot restore (queues kicked, interrupt routes
+        in place, vCPUs not yet running): tell the guest what it could not see (vsock: a
+        transport reset). Not called on a normal boot."""
+
+    def stats(self) -> dict[str, int]:
+        """Device-specific counters for the VMM's stats, beside :class:`DeviceMetrics`."""
+        return {}
+
     def close(self) -> None:
         """Hook: release host resources (tap, sockets) when the VMM shuts down."""
 

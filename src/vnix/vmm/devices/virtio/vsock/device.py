@@ -1,9 +1,9 @@
 """virtio-vsock (virtio 1.2, 5.10) with its host side on Unix sockets, as Firecracker does it
 (there is no /dev/vhost-vsock on these hosts).
 
-Queues (5.10.2): 0 rx (device -> guest), 1 tx (guest -> device), 2 event (held; only a
-transport reset after migration would use it). Config (5.10.4): ``le64 guest_cid``. Features:
-VERSION_1 only (stream sockets; no SEQPACKET).
+Queues (5.10.2): 0 rx (device -> guest), 1 tx (guest -> device), 2 event (buffers the driver
+posts are kept; one is used after a snapshot restore, see 6.). Config (5.10.4):
+``le64 guest_cid``. Features: VERSION_1 only (stream sockets; no SEQPACKET).
 
 The host side, numbered as the exchanges happen:
 
@@ -23,6 +23,14 @@ The host side, numbered as the exchanges happen:
    SHUTDOWN(SEND) -> the host socket's write side is shut after pending data; SHUTDOWN with both
    flags or RST from the guest -> the host socket is closed (and RST answers a SHUTDOWN).
    A packet for no known connection is answered with RST (5.10.6.6), unless it is an RST.
+6. Snapshot restore: open streams are not saved (their host sockets cannot be), so the host
+   programs of the old VMM see their sockets closed. Once the restored device is active, it
+   writes ``struct virtio_vsock_event { le32 id; }`` with id 0, VIRTIO_VSOCK_EVENT_TRANSPORT_RESET
+   (5.10.6.7), into the first buffer the driver posted on the event queue and signals it (as
+   Firecracker does): the driver resets every connected socket and reads ``guest_cid`` again
+   (a clone's is new). Counted in :meth:`stats` as ``transport_resets_sent``; a driver that
+   posted no usable event buffer (at least 4 device-writable bytes, no readable part) gets no
+   event: ``transport_resets_dropped``, and its unusable chains are returned with length 0.
 
 Everything in a guest header is checked: src_cid must be the guest's CID, dst_cid the host's,
 ``len`` no larger than the chain, type STREAM; data beyond the credit we gave resets the stream.
@@ -54,6 +62,8 @@ MAX_PAYLOAD = 64 * 1024  # a guest RW longer than this is malformed
 MAX_CONNECTIONS = 1024
 FIRST_HOST_PORT = 1 << 30  # ports the device picks for host-initiated connections
 CONNECT_TIMEOUT = 5.0  # seconds the guest has to answer a host CONNECT (Firecracker: 2)
+EVENT_TRANSPORT_RESET = 0  # 5.10.6.7: virtio_vsock_event_id
+EVENT_LAYOUT = struct.Struct("<I")  # struct virtio_vsock_event { le32 id; }
 
 
 class VirtioVsock(VirtioDevice):
@@ -69,6 +79,8 @@ class VirtioVsock(VirtioDevice):
         self.rxq: collections.deque[tuple[p.Packet, Connection | None]] = collections.deque()
         self.next_port = FIRST_HOST_PORT
         self.resets_sent = 0
+        self.transport_resets_sent = 0  # 6.: events written after a restore
+        self.transport_resets_dropped = 0  # 6.: a restore found no usable event buffer
         try:
             if os.path.exists(uds):
                 os.unlink(uds)
@@ -249,7 +261,7 @@ class VirtioVsock(VirtioDevice):
         elif index == RX:  # new rx buffers: deliver, and read the sockets that waited for room
             for conn in list(self.conns.values()):
                 self._interest(conn)
-        self._deliver()  # EVENT buffers are kept for events (none are sent yet)
+        self._deliver()  # EVENT buffers are kept for the next transport reset (6.)
 
     def _transmit(self) -> None:
         self.drain(TX, self._take_packet)
@@ -382,11 +394,49 @@ class VirtioVsock(VirtioDevice):
             except OSError:
                 pass
 
+    def stats(self) -> dict[str, int]:
+        with self.lock:
+            return {"connections": len(self.conns), "resets_sent": self.resets_sent,
+                    "connect_timeouts": self.connect_timeouts,
+                    "transport_resets_sent": self.transport_resets_sent,
+                    "transport_resets_dropped": self.transport_resets_dropped}
+
     # -- snapshots ----------------------------------------------------------------------------
     def save(self) -> VsockState:
-        """Open streams do not survive a snapshot (their host sockets cannot be saved): after a
-        restore the guest's connections are reset, as after a transport reset event."""
+        """Open streams do not survive a snapshot (their host sockets cannot be saved): the
+        restored device tells the guest with a transport reset event (:meth:`after_restore`)."""
         return VsockState(self.cid, self.uds)
 
     def load_state(self, state: VsockState) -> None:
         self.cid = state.cid
+
+    def after_restore(self) -> None:
+        """6.: VIRTIO_VSOCK_EVENT_TRANSPORT_RESET in the first usable event buffer, once per
+        restore (the CID, a clone's included, is already in place). A driver that had not set
+        DRIVER_OK has no streams and reads the CID when it does: nothing to tell it."""
+        with self.lock:
+            if not self.active:
+                return
+            sent: list[int] = []
+            if not self.broken and len(self.queues) > EVENT and self.queues[EVENT].ready:
+                self.guarded(lambda: self.drain(EVENT, lambda q, c: self._put_event(q, c, sent),
+                                                requests=False, more=lambda: not sent))
+            if sent:
+                self.transport_resets_sent += 1
+                log.info("vsock: transport reset event sent to the guest (cid %d)", self.cid)
+            else:
+                self.transport_resets_dropped += 1
+                log.warning("vsock: no event buffer posted by the guest: transport reset not sent; "
+                            "its streams from before the snapshot will hang")
+
+    def _put_event(self, q: Queue, chain: DescriptorChain, sent: list[int]) -> None:
+        """One event buffer: 5.10.6.7 wants it device-writable and large enough for the event."""
+        if chain.readable or total(chain.writable) < EVENT_LAYOUT.size:
+            self.metrics.bad_chains += 1
+            self.complete(q, chain.head, 0)
+            return
+        assert self.mem is not None
+        written = scatter(self.mem, chain.writable, EVENT_LAYOUT.pack(EVENT_TRANSPORT_RESET))
+        self.metrics.ok += 1
+        self.complete(q, chain.head, written)
+        sent.append(written)
