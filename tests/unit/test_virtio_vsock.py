@@ -286,7 +286,7 @@ def test_transport_reset_goes_into_the_first_event_buffer(ev: EventGuest) -> Non
     assert ev.evq.used() == [(head, 4)]  # one event, the second buffer kept for the next one
     assert ev.evq.read(bufs[0]) == b"\0\0\0\0" + b"\xaa" * 4  # le32 id 0, nothing written beyond
     assert ev.irq.queues == [2]
-    assert ev.dev.stats()["transport_resets_sent"] == 1 and ev.dev.stats()["transport_resets_dropped"] == 0
+    assert ev.dev.counters()["transport_resets_sent"] == 1 and ev.dev.counters()["transport_resets_dropped"] == 0
     ev.dev.after_restore()  # a later restore uses the next buffer
     assert [h for h, _ in ev.evq.used()] == [second]
 
@@ -323,7 +323,7 @@ def test_only_unusable_event_buffers_drop_the_event(ev: EventGuest) -> None:
 def test_no_event_buffer_posted_is_counted_not_fatal(ev: EventGuest) -> None:
     ev.dev.after_restore()
     assert ev.evq.used() == [] and ev.irq.queues == []
-    assert ev.dev.stats()["transport_resets_dropped"] == 1 and ev.dev.transport_resets_sent == 0
+    assert ev.dev.counters()["transport_resets_dropped"] == 1 and ev.dev.transport_resets_sent == 0
     assert not ev.dev.broken and ev.dev.active
 
 
@@ -338,7 +338,7 @@ def test_no_event_before_the_driver_is_ready(tmp_path: Path) -> None:
     dev = VirtioVsock(CID, str(tmp_path / "n.sock"))
     try:
         dev.after_restore()  # never activated: the driver reads the CID when it sets up
-        assert dev.stats()["transport_resets_sent"] == dev.stats()["transport_resets_dropped"] == 0
+        assert dev.counters()["transport_resets_sent"] == dev.counters()["transport_resets_dropped"] == 0
     finally:
         dev.close()
 

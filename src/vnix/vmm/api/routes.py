@@ -216,7 +216,7 @@ class ControlApi:
         for name in list(pci.functions) if pci is not None else []:
             dev = pci.device(name)
             if dev is not None:
-                out[name] = {**vars(dev.metrics), **dev.stats(), "active": dev.active, "broken": dev.broken}
+                out[name] = {**vars(dev.metrics), **dev.counters(), "active": dev.active, "broken": dev.broken}
         return out
 
     # -- balloon --------------------------------------------------------------------------------

@@ -147,7 +147,7 @@ class VirtioDevice(ABC):
         in place, vCPUs not yet running): tell the guest what it could not see (vsock: a
         transport reset). Not called on a normal boot."""
 
-    def stats(self) -> dict[str, int]:
+    def counters(self) -> dict[str, int]:
         """Device-specific counters for the VMM's stats, beside :class:`DeviceMetrics`."""
         return {}
 

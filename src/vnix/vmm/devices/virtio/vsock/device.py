@@ -28,7 +28,7 @@ The host side, numbered as the exchanges happen:
    writes ``struct virtio_vsock_event { le32 id; }`` with id 0, VIRTIO_VSOCK_EVENT_TRANSPORT_RESET
    (5.10.6.7), into the first buffer the driver posted on the event queue and signals it (as
    Firecracker does): the driver resets every connected socket and reads ``guest_cid`` again
-   (a clone's is new). Counted in :meth:`stats` as ``transport_resets_sent``; a driver that
+   (a clone's is new). Counted in :meth:`counters` as ``transport_resets_sent``; a driver that
    posted no usable event buffer (at least 4 device-writable bytes, no readable part) gets no
    event: ``transport_resets_dropped``, and its unusable chains are returned with length 0.
 
@@ -394,7 +394,7 @@ class VirtioVsock(VirtioDevice):
             except OSError:
                 pass
 
-    def stats(self) -> dict[str, int]:
+    def counters(self) -> dict[str, int]:
         with self.lock:
             return {"connections": len(self.conns), "resets_sent": self.resets_sent,
                     "connect_timeouts": self.connect_timeouts,
