@@ -7,7 +7,8 @@ and snapshotted while it sleeps waiting for its identity. Then:
 * a clone server (:mod:`vnix.vmm.clone`) is started for the snapshot (its start-up, which loads
   and checks the file once, is reported as ``server_start_ms`` and not counted below);
 * ``restored_s``: wall time from the first clone request until all N clones answered that their
-  vCPU runs (each its own forked process, KVM VM, CID, vsock socket and qcow2 overlay made with
+  vCPU runs (each its own forked process, KVM VM, CID, vsock socket, serial socket and stats
+  JSON path (what the native driver gives a clone) and qcow2 overlay made with
   ``qemu-img create -b``; overlays are made before the clock starts); ``restore_ms``: each
   clone's own time from its request read to its vCPU in KVM_RUN (median, p90);
 * ``answered_s``: from the same start until every clone answered its identity over vsock
@@ -78,7 +79,8 @@ def clones(tmp: Path, count: int, mib: int, workers: int) -> dict[str, Any]:
         overlay = tmp / f"c{i}.qcow2"
         subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(disk), str(overlay)], check=True)
         specs.append(CloneSpec(name=f"clone-{i}", serial_log=str(tmp / f"c{i}.log"), vsock_uds=str(tmp / f"c{i}.v"),
-                               cid=1000 + i, disks=[f"{overlay},format=qcow2"]))
+                               cid=1000 + i, disks=[f"{overlay},format=qcow2"],
+                               serial_sock=str(tmp / f"c{i}.s"), stats_json=str(tmp / f"c{i}.stats.json")))
     t = time.monotonic()
     server = CloneServer(str(snap), str(tmp / "clones.sock"), log=str(tmp / "server.log"))
     server_ms = (time.monotonic() - t) * 1000

@@ -4,12 +4,14 @@ exit counters and balloon, graceful and forced stop; the agent SIGKILLed and res
 five native VMs run -> all still managed."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from agent_process import Agent, running_agent
@@ -136,3 +138,55 @@ def test_suspend_to_disk_and_resume_continue_the_guest(agent: Agent) -> None:
     agent.http.post("/vms/s1/console", json={"text": "after-restore\n"})
     agent.wait_console("s1", "echo: after-restore")
     assert agent.http.post("/vms/s1/stop", json={"timeout": 10}).json()["state"] == "stopped"
+
+
+def wait_state(agent: Agent, vm: str, state: str, timeout: float = 10) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        info: dict[str, Any] = agent.http.get(f"/vms/{vm}").json()
+        if info["state"] == state or time.monotonic() > deadline:
+            assert info["state"] == state, info
+            return info
+        time.sleep(0.1)
+
+
+def test_clones_take_serial_input_and_end_like_any_native_vm(agent: Agent) -> None:
+    """Clones made by the clone server (POST /vms with a snapshot) are typed into through the
+    agent (their serial socket); a guest that powers off by itself shows STOPPED with its
+    reason and one that triple-faults CRASHED with it (both from the clone's stats.json); a
+    stop we ask for shows STOPPED, a SIGKILL CRASHED without a word and a forced stop STOPPED."""
+    names = ["cpoff", "cfault", "cstop", "ckill", "cforce"]
+    run = agent.data_dir / "run" / "native"
+    for n in names:
+        r = agent.http.post("/vms", json={"name": n, "image": "idle", "snapshot": "gold", "memory": "32M"})
+        assert r.status_code == 201, r.text
+        assert r.json()["state"] == "running" and "cloned from gold" in r.json()["detail"], r.json()
+        assert (run / n / "clone.json").is_file() and (run / n / "serial.sock").exists()
+    for n in names:
+        agent.http.post(f"/vms/{n}/console", json={"text": f"typed-into-{n}\n"})
+        agent.wait_console(n, f"echo: typed-into-{n}")
+
+    agent.http.post("/vms/cpoff/console", json={"text": "poweroff\n"})
+    vm = wait_state(agent, "cpoff", "stopped")
+    assert vm["detail"] == "guest powered off (ACPI S5)" and vm["pid"] is None
+    stats = json.loads((run / "cpoff" / "stats.json").read_text())
+    assert stats["exit_status"] == 0 and stats["serial_bytes"] > 0
+    assert not (run / "cpoff" / "serial.sock").exists() and not (run / "cpoff" / "qmp.sock").exists()
+
+    agent.http.post("/vms/cfault/console", json={"text": "triple-fault\n"})
+    vm = wait_state(agent, "cfault", "crashed")
+    assert vm["detail"].startswith("the VMM exited with status 12: triple fault on vCPU 0"), vm["detail"]
+
+    vm = agent.http.post("/vms/cstop/stop", json={"timeout": 10}).json()
+    assert vm["state"] == "stopped" and vm["detail"] == "guest powered off (ACPI S5)", vm
+
+    os.kill(agent.http.get("/vms/ckill").json()["pid"], signal.SIGKILL)
+    vm = wait_state(agent, "ckill", "crashed")
+    assert "without a word" in vm["detail"]  # SIGKILL: no stats.json written
+
+    vm = agent.http.post("/vms/cforce/force-stop").json()
+    assert vm["state"] == "stopped" and vm["detail"] == "forced off", vm
+
+    for n in names:
+        assert agent.http.delete(f"/vms/{n}").status_code == 204
+    assert agent.http.delete("/snapshots/gold").status_code == 204

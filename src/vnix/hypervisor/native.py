@@ -21,10 +21,12 @@
 * Clones (:meth:`NativeHypervisor.clone`): a VM made from a golden snapshot by a warm clone
   server (:class:`vnix.vmm.clone.CloneServer`, a ``fork()`` per clone, RAM MAP_PRIVATE from the
   file). ``clone.json`` in its run dir names the snapshot, its own disks (qcow2 overlays over
-  the snapshot's disk), nets and vsock CID; the child writes console.log and serves qmp.sock
-  like any native VMM but has no serial socket and no stats.json. Starting a stopped clone
-  brings it back to the golden state: its overlays made afresh, then
-  ``--restore SNAP --memory-backing private-mmap`` with its own devices.
+  the snapshot's disk), nets and vsock CID. The server's child is given the same files as a
+  VMM process (:class:`vnix.vmm.clone.CloneSpec`): it writes console.log, serves qmp.sock and
+  serial.sock, and writes stats.json at exit, so a clone is observed, typed into and stopped
+  like any native VM. Starting a stopped clone brings it back to the golden state: its
+  overlays made afresh, then ``--restore SNAP --memory-backing private-mmap`` with its own
+  devices.
 """
 from __future__ import annotations
 
@@ -72,6 +74,11 @@ class NativeHypervisor(ProcessHypervisor):
     def _stats_file(rd: RunDir) -> Path:
         return rd.path / "stats.json"
 
+    def _remove_stale(self, rd: RunDir) -> None:
+        """What an earlier process of this VM left (before a new one is started)."""
+        for stale in (rd.qmp, rd.serial, rd.pid_file, self._stats_file(rd)):
+            stale.unlink(missing_ok=True)
+
     def _ended(self, rd: RunDir, rec: Record) -> Record:
         """The process is gone: its stats.json says how it ended."""
         status, reason = None, ""
@@ -117,8 +124,7 @@ class NativeHypervisor(ProcessHypervisor):
             restore, extra = Path(clone["snapshot"]), self._clone_flags(rd, clone)
             _fresh_overlays(clone)
 
-        for stale in (rd.qmp, rd.serial, rd.pid_file, self._stats_file(rd)):
-            stale.unlink(missing_ok=True)
+        self._remove_stale(rd)
         # From a snapshot the machine (memory, vCPUs, kernel, devices and their disks) is the
         # snapshot's own, so the VMM refuses --config beside --restore.
         machine = (["--restore", str(restore)] if restore is not None
@@ -192,11 +198,6 @@ class NativeHypervisor(ProcessHypervisor):
                 raise VmProcessError(f"cannot stop {name!r}: {exc}") from None
             if pid is not None and not wait_gone(pid, timeout):
                 return False
-            if self._clone_record(rd) is not None and not self._stats_file(rd).exists():
-                # a clone server's child writes no stats.json: it ended as we asked
-                rd.pid_file.unlink(missing_ok=True)
-                self._set(rd, rec, S.STOPPED, "stop", "the guest powered off")
-                return True
             self._ended(rd, rec)
             return rec.state == S.STOPPED
 
@@ -336,11 +337,13 @@ class NativeHypervisor(ProcessHypervisor):
             (rd.path / CLONE_FILE).write_text(json.dumps(clone, indent=2))
         with self._locked(spec.name) as rd:
             rec = rd.load()
+            self._remove_stale(rd)
             try:
                 answer = server.clone(CloneSpec(
                     name=spec.name, serial_log=str(rd.console_log.resolve()),
                     vsock_uds=clone["vsock_uds"], cid=cid, disks=disks, nets=nets,
-                    api_sock=str(rd.qmp.resolve())))
+                    api_sock=str(rd.qmp.resolve()), serial_sock=str(rd.serial.resolve()),
+                    stats_json=str(self._stats_file(rd).resolve())))
             except (CloneError, OSError) as exc:
                 raise VmProcessError(f"cannot clone {spec.name!r} from {snapshot}: {exc}") from None
             rd.pid_file.write_text(f"{answer['pid']}\n")

@@ -31,13 +31,12 @@ from vnix.errors import UsageError, VnixError  # noqa: E402
 from vnix.vmm import ConfigError  # noqa: E402
 from vnix.vmm.config import MachineConfig, parse_size_mib  # noqa: E402
 from vnix.vmm.exitcodes import BAD_CONFIG, VMM_FAILURE  # noqa: E402
+from vnix.vmm.finish import finish  # noqa: E402
+from vnix.vmm.finish import say as _say  # noqa: E402
 
 TYPE_CHECKING = False  # typing is not imported at VMM start-up (mypy reads this name as True)
 if TYPE_CHECKING:
     from collections.abc import Sequence
-
-PROG = "vnix-vmm"
-
 
 USAGE = (
     "usage: python -m vnix.vmm (--kernel FILE | --config FILE) [--initrd FILE] [--cmdline S]\n"
@@ -184,10 +183,6 @@ def socket_paths(args: Args) -> tuple[str | None, str | None]:
     return args.api_sock, serial
 
 
-def _say(message: str) -> None:
-    print(f"{PROG}: {message}", file=sys.stderr, flush=True)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     from vnix.vmm.stats import Stats
 
@@ -245,25 +240,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     gc.freeze()  # what start-up built stays: later collections need not walk it
     gc.enable()
     stop = machine.run(on_running)
-    stats.finish(stop.status, stop.reason)
-    if machine.api is not None:
-        machine.api.close()  # type: ignore[attr-defined]
-    elif api_listener is not None:  # the VM ended before the API was served
-        api_listener.close()
-        try:
-            os.unlink(api_sock)  # type: ignore[arg-type]
-        except OSError:
-            pass
-    machine.console.close()
-    if getattr(machine, "pci", None) is not None:  # devices' host resources: taps, vsock socket file
-        machine.pci.close()
-    if stop.report:
-        _say(stop.reason)
-    if args.stats_json:
-        try:
-            stats.write_json(args.stats_json)
-        except OSError as exc:
-            _say(f"cannot write --stats-json {args.stats_json}: {exc.strerror}")
+    finish(machine, stop, stats, stats_json=args.stats_json, api_listener=api_listener, api_sock=api_sock)
     if args.stats:
         stats.print()
     return stop.status

@@ -17,7 +17,8 @@ first steps more, with every page it writes copied):
    blocks reading its own SOCK_SEQPACKET socketpair to the server (EOF there: the server is gone,
    the child exits);
 2. the client connects and sends one JSON line, a :class:`CloneSpec` (name, vsock CID and
-   socket, its own disks (a qcow2 overlay each) and nets (tap, MAC), serial log, API socket);
+   socket, its own disks (a qcow2 overlay each) and nets (tap, MAC), serial log, and the
+   optional API socket, serial socket and stats JSON file of a VMM process);
 3. the server reads it (that instant, CLOCK_MONOTONIC, is the request time) and sends the
    oldest idle child one message, ``"<request time> <the JSON line>"``, with the client's
    connection attached (SCM_RIGHTS); no fork on this path (if no child is idle, one is forked
@@ -25,15 +26,21 @@ first steps more, with every page it writes copied):
    (stopping as soon as another request waits) and takes the next request. With ``--prefork 0``
    the server forks a child for each request instead, which does step 1's preparation itself.
    The child redirects its stdout (the serial console) to the log and restores the rest with the
-   clone's overrides (devices, vCPUs, irqchip/PIT state, device state, clock);
+   clone's overrides (devices, vCPUs, irqchip/PIT state, device state, clock); with a serial
+   socket it then serves COM1 there as a VMM's ``--serial unix:PATH`` does
+   (:meth:`vnix.vmm.console.Console.listen`: each client gets the output from then on, what any
+   client sends goes to the UART, the log keeps it all);
 4. once the child's boot vCPU is in KVM_RUN it answers on the connection with one JSON line
    ``{"pid": N, "restore_ms": T}`` (T: from the request read in step 3 to the vCPU running) and
    closes it, or ``{"error": "..."}`` and exits.
 
-A child ends like a VMM process (its exit status as in :mod:`vnix.vmm.exitcodes`); the server
-does not wait for it (SIGCHLD ignored: the kernel reaps it). :class:`CloneServer` starts a server
-and asks it for clones; :func:`send_identity` gives a restored guest its identity over vsock
-(the host side of Firecracker's ``CONNECT <port>`` scheme, see the ``clone_identity`` guest).
+A child ends like a VMM process: its exit status as in :mod:`vnix.vmm.exitcodes`, and on the
+way out what ``python -m vnix.vmm`` does (:func:`vnix.vmm.finish.finish`: its sockets closed and
+removed, the stop's reason on stderr, the stats JSON with ``exit_status`` and ``exit_reason``
+written when the spec names a file, as ``--stats-json`` does). The server does not wait for it
+(SIGCHLD ignored: the kernel reaps it). :class:`CloneServer` starts a server and asks it for
+clones; :func:`send_identity` gives a restored guest its identity over vsock (the host side of
+Firecracker's ``CONNECT <port>`` scheme, see the ``clone_identity`` guest).
 """
 from __future__ import annotations
 
@@ -61,7 +68,9 @@ class CloneError(VmmError):
 @dataclass
 class CloneSpec:
     """One clone's identity on the host side. ``disks``/``nets`` are ``--disk``/``--net``
-    strings and replace the snapshot's (as many of each)."""
+    strings and replace the snapshot's (as many of each). ``serial_log`` gets COM1's output
+    (and the child's stderr); ``serial_sock``, ``api_sock`` and ``stats_json`` are what a VMM
+    process's ``--serial unix:PATH``, ``--api-sock`` and ``--stats-json`` are."""
 
     name: str
     serial_log: str
@@ -70,6 +79,8 @@ class CloneSpec:
     disks: list[str] = field(default_factory=list)
     nets: list[str] = field(default_factory=list)
     api_sock: str | None = None
+    serial_sock: str | None = None
+    stats_json: str | None = None
 
 
 # -- the server ----------------------------------------------------------------------------------
@@ -120,6 +131,7 @@ def _pool_child(ctrl: socket.socket, snap: object) -> None:
 def _child(conn: socket.socket, spec: CloneSpec, snap: object, t_request: float, prepared: object = None) -> None:
     """In the child that got the request: restore, answer, run. Never returns."""
     from vnix.vmm.config import VsockConfig, parse_disk, parse_net
+    from vnix.vmm.finish import finish
     from vnix.vmm.machine import Machine
     from vnix.vmm.snapshot.restore import SnapshotOverrides, restore_machine
     from vnix.vmm.stats import Stats
@@ -140,6 +152,8 @@ def _child(conn: socket.socket, spec: CloneSpec, snap: object, t_request: float,
                                       nets=[parse_net(n) for n in spec.nets] or None, vsock=vsock)
         machine = restore_machine(Machine, snap, stats, memory_backing="private-mmap",  # type: ignore[arg-type]
                                   overrides=overrides, dirty_log=False, prepared=prepared)  # type: ignore[arg-type]
+        if spec.serial_sock is not None:  # as the VMM's --serial unix:PATH: bound now (~10 us), so
+            machine.console.listen(spec.serial_sock, accept_later=True)  # it exists once we answer
         if spec.api_sock is not None:
             from vnix.vmm.api import serve
 
@@ -149,12 +163,12 @@ def _child(conn: socket.socket, spec: CloneSpec, snap: object, t_request: float,
             ms = (time.monotonic() - t_request) * 1000
             conn.sendall(json.dumps({"pid": os.getpid(), "restore_ms": round(ms, 3)}).encode() + b"\n")
             conn.close()
+            machine.console.accept_clients()  # a thread: started off the path to the vCPU running
 
         gc.enable()
         stop = machine.run(on_running=running)
         status = stop.status
-        if getattr(machine, "pci", None) is not None:
-            machine.pci.close()
+        finish(machine, stop, stats, stats_json=spec.stats_json)
     except Exception as exc:  # noqa: BLE001 - the client gets the reason, the child ends
         try:
             conn.sendall(json.dumps({"error": f"{type(exc).__name__}: {exc}"}).encode() + b"\n")
@@ -210,6 +224,7 @@ class _Pool:
 def serve(snapshot_path: str, sock_path: str, prefork: int = DEFAULT_PREFORK) -> None:
     """Steps 1-3 of the protocol above, until SIGTERM."""
     import vnix.vmm.api  # noqa: F401 - warm: every child may serve it
+    import vnix.vmm.finish  # noqa: F401
     import vnix.vmm.machine  # noqa: F401
     import vnix.vmm.snapshot.restore  # noqa: F401
     from vnix.vmm.snapshot.load import load_snapshot

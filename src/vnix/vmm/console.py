@@ -56,6 +56,8 @@ class Console:
         self.bytes_out = 0
         self.bytes_in = 0
         self._server: _socket.socket | None = None
+        self._accept_later = False
+        self._acceptor: threading.Thread | None = None
         self._clients: list[_socket.socket] = []
         self._feed_lock = threading.Lock()  # one writer into the UART at a time
         try:
@@ -82,8 +84,11 @@ class Console:
                 self._drop(client)
 
     # -- the serial socket ----------------------------------------------------------------------
-    def listen(self, path: str) -> None:
-        """Serve the port on the Unix socket ``path`` (a stale socket file is replaced)."""
+    def listen(self, path: str, *, accept_later: bool = False) -> None:
+        """Serve the port on the Unix socket ``path`` (a stale socket file is replaced). Clients
+        are taken from :meth:`start` on, or with ``accept_later`` from :meth:`accept_clients` on
+        (a clone server's child: the thread is started once its vCPU runs); until then they wait
+        in the listen backlog."""
         if os.path.exists(path):
             os.unlink(path)
         server = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
@@ -91,7 +96,14 @@ class Console:
         os.chmod(path, 0o600)
         server.listen(4)
         self._server = server
+        self._accept_later = accept_later
         self.socket_path = path
+
+    def accept_clients(self) -> None:
+        """Start taking the serial socket's clients (once; nothing without :meth:`listen`)."""
+        if self._server is not None and self._acceptor is None:
+            self._acceptor = threading.Thread(target=self._accept, name="console-accept", daemon=True)
+            self._acceptor.start()
 
     def _accept(self) -> None:
         assert self._server is not None
@@ -149,8 +161,8 @@ class Console:
             except termios.error:
                 self._saved_tty = None
         threading.Thread(target=self._reader, name="console-in", daemon=True).start()
-        if self._server is not None:
-            threading.Thread(target=self._accept, name="console-accept", daemon=True).start()
+        if not self._accept_later:
+            self.accept_clients()
 
     def restore(self) -> None:
         """Give the terminal back as it was (idempotent)."""
