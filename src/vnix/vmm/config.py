@@ -66,7 +66,7 @@ class NetConfig(Record):
         self.mac = mac
 
     def validate(self) -> None:
-        if self.kind != "tap":
+        if self.kind not in ("tap", "none"):  # none: no backend (internal, see NullTap); --net takes tap only
             raise ConfigError(f"net kind {self.kind!r} is not supported (only tap)")
         for label, name in (("name", self.name), ("bridge", self.bridge)):
             if name is not None and not _is_ifname(name):

@@ -319,7 +319,7 @@ class VirtioPciDevice:
 
     # -- life cycle -------------------------------------------------------------------------------------
     def close(self) -> None:
-        self.worker.stop()
+        self.worker.close()
         self.device.reset()
         self.device.close()
         for fd in self.notify_fds:

@@ -66,10 +66,21 @@ class Worker:
     def stop(self) -> None:
         self._running = False
         self._go.set()
-        os.eventfd_write(self._stop_fd, 1)
+        if self._stop_fd >= 0:
+            os.eventfd_write(self._stop_fd, 1)
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(2.0)
         self._thread = None
+
+    def close(self) -> None:
+        """Stop the thread and close its epoll and eventfd (a machine torn down in a process
+        that goes on: a clone server child's rehearsal)."""
+        self.stop()
+        self._handlers.clear()
+        self._epoll.close()
+        if self._stop_fd >= 0:
+            os.close(self._stop_fd)
+            self._stop_fd = -1
 
     def pause(self, timeout: float = 5.0) -> None:
         """Hold the thread between two handlers (no device work runs until :meth:`resume`);

@@ -143,6 +143,10 @@ class VirtioBlk(VirtioDevice):
         except (BlockError, OSError, VmmError) as exc:
             log.warning("virtio-blk: flush at reset failed: %s", exc)
 
+    def close(self) -> None:
+        """The image's fds (a reset, which flushes, came first: VirtioPciDevice.close)."""
+        self.image.close()
+
     # -- snapshots --------------------------------------------------------------------------
     def save(self) -> BlkState:
         return BlkState(self.path, self.format, self.image.readonly, self.serial)

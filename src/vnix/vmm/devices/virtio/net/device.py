@@ -97,9 +97,11 @@ class VirtioNet(VirtioDevice):
     @classmethod
     def from_config(cls, net: object, index: int) -> VirtioNet:
         """From a :class:`~vnix.vmm.config.NetConfig` (``--net tap[,name=][,bridge=][,mac=]``)."""
-        from vnix.vmm.devices.virtio.net.tap import Tap
+        from vnix.vmm.devices.virtio.net.tap import NullTap, Tap
 
         name, bridge, mac = getattr(net, "name", None), getattr(net, "bridge", None), getattr(net, "mac", None)
+        if getattr(net, "kind", "tap") == "none":
+            return cls(NullTap(), mac)
         tap = Tap(name, bridge=bridge)
         return cls(tap, mac, tap_name=tap.name, bridge=bridge)
 

@@ -122,3 +122,21 @@ class Tap:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+
+class NullTap(Tap):
+    """A backend with no network behind it (NetConfig kind ``none``): one end of a datagram
+    socketpair, so the device's thread has an fd to wait on; frames the guest sends are
+    dropped, none arrive. A clone server's idle child restores its rehearsal machine with it
+    (:func:`vnix.vmm.snapshot.restore.rehearse`) rather than attach a tap another VM may own."""
+
+    def __init__(self) -> None:  # noqa: D107 - no tap, no bridge
+        ours, self._peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        ours.setblocking(False)
+        self.fd = ours.detach()
+        self.name, self.bridge = "", None
+
+    def close(self) -> None:
+        super().close()
+        self._peer.close()
+

@@ -1,0 +1,110 @@
+"""The clone server's rehearsal (:func:`vnix.vmm.snapshot.restore.rehearse`): an idle child
+restores the snapshot once into a throwaway VM, so the request's restore runs on pages already
+copied. It must touch nothing a running VM or the host owns: no tap opened (the snapshot's tap
+may belong to another VM), disks read-only, the vsock socket in a private directory; and it must
+leave nothing behind in the child (fds, threads, files).
+"""
+from __future__ import annotations
+
+import gc
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from vnix.testkit.runner import TESTKIT_DIR, build
+from vnix.vmm.api.client import VmmClient
+from vnix.vmm.launch import vmm_argv
+
+pytestmark = [
+    pytest.mark.kvm,
+    pytest.mark.skipif(not os.access("/dev/kvm", os.R_OK | os.W_OK), reason="needs /dev/kvm"),
+    pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/dev/net/tun"), reason="needs root and /dev/net/tun"),
+    pytest.mark.skipif(shutil.which("qemu-img") is None, reason="needs qemu-img"),
+]
+
+GUEST = TESTKIT_DIR / "build" / "clone_identity.elf"
+TAP = "vnxrh0"
+
+
+def snapshot_with_every_backend(tmp: Path) -> tuple[Path, Path]:
+    """The clone_identity guest with a qcow2 disk, a NIC on a tap and vsock, snapshotted asleep."""
+    if not GUEST.is_file():
+        build()
+    disk = tmp / "base.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "16M"], check=True)
+    log, api, snap = tmp / "base.log", tmp / "base.api", tmp / "base.snap"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(vmm_argv(["--kernel", str(GUEST), "--memory", "32M", "--disk", f"{disk},format=qcow2",
+                                          "--net", f"tap,name={TAP},mac=52:54:00:e4:00:00",
+                                          "--vsock", f"cid=3,uds={tmp / 'base.vsock'}", "--api-sock", str(api)]),
+                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while b"waiting for identity" not in log.read_bytes():
+            assert time.monotonic() < deadline and proc.poll() is None, log.read_text(errors="replace")[-500:]
+            time.sleep(0.02)
+        time.sleep(0.3)
+        VmmClient(str(api)).snapshot(str(snap), resume=False)
+    finally:
+        proc.kill()
+        proc.wait()
+    return snap, disk
+
+
+def open_fds() -> dict[int, str]:
+    out = {}
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            out[int(fd)] = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            pass
+    return out
+
+
+def test_rehearsal_touches_nothing_outside_and_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from vnix.vmm.devices.virtio.net import tap
+    from vnix.vmm.snapshot.load import load_snapshot
+    from vnix.vmm.snapshot.restore import prepare_vm, rehearse
+
+    snap_path, disk = snapshot_with_every_backend(tmp_path)
+    snap = load_snapshot(str(snap_path), verify_memory=True)
+    disk_before = disk.read_bytes()
+
+    def no_tap(self: object, *args: object, **kwargs: object) -> None:
+        raise AssertionError("the rehearsal opened a tap")
+
+    monkeypatch.setattr(tap.Tap, "__init__", no_tap)  # NullTap does not call it
+    (tmp_path / "base.vsock").unlink(missing_ok=True)  # left by the killed VMM
+    fds, threads = open_fds(), set(threading.enumerate())
+    temp_before = set(os.listdir(tempfile.gettempdir()))
+    for _ in range(3):
+        assert rehearse(snap, memory_backing="private-mmap") is True
+    gc.collect()  # what the rehearsal's own collection left to the next one
+    assert open_fds() == fds, "the rehearsal leaked file descriptors"
+    assert set(threading.enumerate()) == threads, "the rehearsal left device threads running"
+    assert {n for n in set(os.listdir(tempfile.gettempdir())) - temp_before if n.startswith("vnix-rehearsal-")} == set()
+    assert disk.read_bytes() == disk_before, "the rehearsal wrote to the snapshot's disk"
+    assert not (tmp_path / "base.vsock").exists(), "the rehearsal listened on the snapshot's vsock socket"
+
+    prepared = prepare_vm(snap, memory_backing="private-mmap", dirty_log=False, rehearse_first=True)
+    assert prepared.steps_ms["rehearsal"] > 0
+    assert "vcpu_registers" in prepared.steps_ms  # CPUID, sregs, regs... set ahead
+
+
+def test_rehearsal_of_a_snapshot_whose_disk_is_gone_fails_quietly(tmp_path: Path) -> None:
+    """The request then restores (and reports any error) as without a rehearsal."""
+    from vnix.vmm.snapshot.load import load_snapshot
+    from vnix.vmm.snapshot.restore import rehearse
+
+    snap_path, disk = snapshot_with_every_backend(tmp_path)
+    disk.unlink()
+    snap = load_snapshot(str(snap_path), verify_memory=True)  # as the clone server loads it
+    fds = open_fds()
+    assert rehearse(snap, memory_backing="private-mmap") is False
+    assert open_fds() == fds
