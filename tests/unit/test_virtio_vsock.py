@@ -364,3 +364,22 @@ def test_restored_device_sends_the_reset_and_has_the_clones_cid(tmp_path: Path) 
             second.close()
     finally:
         first.close()
+
+
+def test_host_ports_start_anywhere_after_a_restore(tmp_path: Path) -> None:
+    """A restored device does not hand out the pre-snapshot device's first host ports again: a
+    stale packet of a stream from before the snapshot must not match a new stream."""
+    from vnix.vmm.devices.virtio.vsock.device import FIRST_HOST_PORT
+    from vnix.vmm.devices.virtio.vsock.persist import VsockState
+
+    starts = set()
+    for i in range(4):
+        dev = VirtioVsock(CID, str(tmp_path / f"r{i}.sock"))
+        try:
+            assert dev.next_port == FIRST_HOST_PORT  # a booted device starts at the bottom
+            dev.load_state(VsockState(CID, str(tmp_path / f"r{i}.sock")))
+            assert FIRST_HOST_PORT <= dev.next_port < 0xFFFFFFFF
+            starts.add(dev.next_port)
+        finally:
+            dev.close()
+    assert len(starts) == 4

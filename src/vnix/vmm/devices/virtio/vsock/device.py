@@ -409,6 +409,11 @@ class VirtioVsock(VirtioDevice):
 
     def load_state(self, state: VsockState) -> None:
         self.cid = state.cid
+        # Host ports start anywhere in their range after a restore: a packet of a stream from
+        # before the snapshot, still in the guest's rings, must not match a new stream's
+        # (host port, guest port) pair (the guest drops those streams on the transport reset,
+        # but may read its rx ring before its event queue).
+        self.next_port = FIRST_HOST_PORT + int.from_bytes(os.urandom(4), "little") % (0xFFFFFFFF - FIRST_HOST_PORT)
 
     def after_restore(self) -> None:
         """6.: VIRTIO_VSOCK_EVENT_TRANSPORT_RESET in the first usable event buffer, once per
