@@ -67,3 +67,17 @@ def test_a_pinned_host_is_still_checked() -> None:
         place(Request(1, 1, "tiny", host="nope"), hs, NO_OC)
     with pytest.raises(NoCapacity, match="no hosts are registered"):
         place(Request(1, 1), [], NO_OC)
+
+
+def test_a_clone_needs_the_native_driver_and_a_host_with_its_snapshot() -> None:
+    hs = [HostLoad("a", True, 8, 8192, {"tiny"}, drivers={"qemu"}, snapshots={"gold"}),
+          HostLoad("b", True, 8, 8192, {"tiny"}, drivers={"native"}),
+          HostLoad("c", True, 8, 1024, {"tiny"}, drivers={"native"}, snapshots={"gold"})]
+    with pytest.raises(NoCapacity) as exc:
+        place(Request(1, 2048, "tiny", snapshot="gold", clone=True), hs, NO_OC)
+    assert str(exc.value) == ("no host can take 2048 MiB and 1 vCPU: a cannot make clones (its "
+                              "agent has no native driver), b has no snapshot 'gold', c has "
+                              "1024 MiB free")
+    assert place(Request(1, 512, "tiny", snapshot="gold", clone=True), hs, NO_OC).name == "c"
+    # a host that may make the snapshot itself needs only the image and the native driver
+    assert place(Request(1, 2048, "tiny", clone=True), hs, NO_OC).name == "b"

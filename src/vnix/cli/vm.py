@@ -86,9 +86,14 @@ def list_vms(as_json: bool = JSON, owner: str = typer.Option(None),
 @vm_app.command("create")
 def create(
     name: str = typer.Argument(..., help="VM name; with --count, the prefix (NAME-1, ...)"),
-    image: str = typer.Option("tiny", help="an image the hosts have (vnix image list)"),
-    memory: str = typer.Option("256M", help="256M, 1G, ..."),
-    cpus: int = typer.Option(1, min=1),
+    image: str = typer.Option(None, help="an image the hosts have (vnix image list); default "
+                              "tiny, with --snapshot the snapshot's"),
+    memory: str = typer.Option(None, help="256M, 1G, ... (default 256M, with --snapshot the "
+                               "snapshot's)"),
+    cpus: int = typer.Option(None, min=1, help="(default 1, with --snapshot the snapshot's)"),
+    snapshot: str = typer.Option(None, help="clone this golden snapshot (native driver) on a "
+                                 "host that holds it: the VM is the snapshot's machine (its "
+                                 "image, memory and vCPUs; give them only to check them)"),
     count: int = typer.Option(1, min=1, max=512, help="make a batch of N VMs in parallel"),
     host: str = typer.Option(None, help="pin to a host"),
     group: str = typer.Option(None, help="group name (with --anti-affinity: spread)"),
@@ -105,19 +110,23 @@ def create(
     from vnix.cluster.ops_vm import CreateVm, CreateVms  # the operation the API takes
 
     names = [name] if count == 1 else [f"{name}-{i}" for i in range(1, count + 1)]
+    # only what was given: a clone of a snapshot takes the rest from the snapshot
+    given = {k: v for k, v in (("image", image), ("memory", memory), ("cpus", cpus),
+                               ("snapshot", snapshot)) if v is not None}
     try:
-        ops = [CreateVm(name=n, image=image, memory=memory, cpus=cpus, host=host, group=group,
-                        anti_affinity=anti_affinity, driver=driver, cmdline=cmdline,
-                        start=start, owner=owner) for n in names]
+        ops = [CreateVm(name=n, host=host, group=group, anti_affinity=anti_affinity,
+                        driver=driver, cmdline=cmdline, start=start, owner=owner, **given)
+               for n in names]
     except ValueError as exc:
         first = exc.errors()[0] if hasattr(exc, "errors") else {"msg": str(exc), "loc": ()}
         raise CliUsageError(f"{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
     client = ApiClient()
     t0 = time.monotonic()
-    if count == 1:
-        job = client.post("/vms", ops[0].model_dump(exclude_none=True))
+    if count == 1:  # what was given (the manager fills in the defaults, or the snapshot's)
+        job = client.post("/vms", ops[0].model_dump(exclude_none=True, exclude_unset=True))
     else:
-        job = client.post("/vms/batch", CreateVms(vms=ops).model_dump(exclude_none=True))
+        job = client.post("/vms/batch", CreateVms(vms=ops).model_dump(exclude_none=True,
+                                                                       exclude_unset=True))
     job = _job_done(client, job, f"create {len(names)} VM(s)", no_wait, as_json)
     if not as_json and not no_wait:
         where = job.get("result") or {}

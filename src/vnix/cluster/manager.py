@@ -178,7 +178,8 @@ class Manager:
 
     # -- what the scheduler needs ---------------------------------------------------------
     def host_loads(self, s: Any) -> list[HostLoad]:
-        loads = {h.name: HostLoad(h.name, h.state == "up", h.cpus, h.memory_mib)
+        loads = {h.name: HostLoad(h.name, h.state == "up", h.cpus, h.memory_mib,
+                                  drivers=set(h.drivers or ()))
                  for h in s.scalars(select(Host))}
         for host, name in s.execute(select(Image.host, Image.name)):
             if host in loads:

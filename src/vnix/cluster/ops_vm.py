@@ -9,7 +9,10 @@ from __future__ import annotations
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field
+from sqlalchemy import select
 from sqlalchemy.orm import Session
+
+from vnix.cluster.agents import call_many
 
 from vnix.cluster.auth import Actor
 from vnix.cluster.errors import (
@@ -18,6 +21,7 @@ from vnix.cluster.errors import (
     Cancelled,
     Conflict,
     Forbidden,
+    NoCapacity,
     NotFound,
     QuotaExceeded,
 )
@@ -27,9 +31,26 @@ from vnix.cluster.tables import Host, Image, User, Vm
 from vnix.errors import VnixError
 from vnix.hypervisor.state import ACTIONS
 from vnix.node import models as agent
+from vnix.node.images import NAME_RE
 from vnix.vmm.config import MAX_VCPUS, MIN_MEMORY_MIB, parse_size_mib
 
 VM_NAME = r"^[a-z0-9][a-z0-9-]{0,31}$"
+SNAPSHOT_DOC = (
+    "make the VM a clone of this golden snapshot (a booted VM of an image saved once, "
+    "vnix.node.snapshots): RAM shared copy-on-write with the snapshot, on the native driver. "
+    "It is placed on a host that holds the snapshot and can clone (or refused, host by host, "
+    "with the reason), and it is the snapshot's machine: 'image', 'memory' and 'cpus' are "
+    "the snapshot's, so leave them out (given, they must equal the snapshot's: 'image' then "
+    "also picks among hosts whose snapshots of that name differ); 'cmdline' and 'disk_image' "
+    "cannot be given; 'driver' is native or left out. 'nics', 'host' and 'start' work as for "
+    "any VM. Unknown snapshot: 404.")
+
+
+def clone_driver(driver: str | None, what: str) -> str:
+    """The driver clones of a golden snapshot run on (``what`` names the request)."""
+    if driver not in (None, "native"):
+        raise BadRequest(f"{what} makes clones on the native driver, not {driver!r}")
+    return "native"
 
 
 def visible_vm(s: Session, actor: Actor, name: str, touch: bool = False) -> Vm:
@@ -67,6 +88,12 @@ class CreateVm(Operation):
     group: str | None = None
     anti_affinity: bool = Field(False, description="no two VMs of this group on one host")
     owner: str | None = Field(None, description="admins may create VMs for others")
+    snapshot: str | None = Field(None, pattern=NAME_RE.pattern, description=SNAPSHOT_DOC)
+    make_snapshot: bool = Field(False, description="with 'snapshot': the chosen host makes the "
+                                "snapshot from 'image' (a template VM of 'memory' and 'cpus' "
+                                "booted to its readiness line) if it has none of that name, so "
+                                "any host with the image will do (cluster groups with "
+                                "source=\"snapshot\")")
 
     def describe(self) -> str:
         return f"create VM {self.name}"
@@ -96,6 +123,14 @@ class CreateVm(Operation):
             raise Conflict(f"VM {self.name!r} exists already")
         if self.group and not self.cluster and "/" in self.group:
             raise BadRequest("a group name may not contain '/'")
+        holders: set[str] | None = None  # the hosts with the snapshot (None: any may make it)
+        if self.make_snapshot and not self.snapshot:
+            raise BadRequest("'make_snapshot' needs 'snapshot' (the snapshot's name)")
+        if self.snapshot:
+            self.driver = clone_driver(self.driver, f"snapshot {self.snapshot!r}")
+            if not self.make_snapshot:
+                holders = self.snapshot_holders(ctx)
+                mib = self.memory_mib()
         check_quota(ctx, user, 1, self.cpus, mib)
         if s.query(Image).filter(Image.name.in_([i for i in (self.image, self.disk_image)
                                                  if i])).count() == 0:
@@ -105,18 +140,82 @@ class CreateVm(Operation):
         from vnix.cluster.manager import group_key
 
         key = group_key(self.cluster, self.group) if self.anti_affinity else None
-        host = place(Request(self.cpus, mib, self.image, key, self.host),
-                     ctx.manager.host_loads(s), ctx.manager.config.overcommit)
+        loads = ctx.manager.host_loads(s)
+        for h in loads:
+            if holders is not None and h.name in holders:
+                h.snapshots.add(self.snapshot or "")
+        host = place(Request(self.cpus, mib, self.image, key, self.host,
+                             snapshot=self.snapshot if holders is not None else None,
+                             clone=bool(self.snapshot)),
+                     loads, ctx.manager.config.overcommit)
         spec = agent.CreateVm(
             name=self.name, image=self.image, disk_image=self.disk_image, memory=f"{mib}M",
             cpus=self.cpus, cmdline=self.cmdline, nics=self.nics, driver=self.driver,
-            start=self.start)
+            start=self.start, snapshot=self.snapshot)
         s.add(Vm(name=self.name, owner=owner, host=host.name,
                  desired="running" if self.start else "stopped", actual="creating",
                  cpus=self.cpus, memory_mib=mib, image=self.image,
                  spec=spec.model_dump(mode="json"), cluster=self.cluster, group=self.group,
                  spread=self.anti_affinity, detail=""))
         s.flush()  # the next VM of a batch sees this one's place
+
+    def snapshot_holders(self, ctx: OpContext) -> set[str]:
+        """Ask the agents that are up which hold golden snapshot ``self.snapshot``; make this
+        request the snapshot's machine (image, memory, vCPUs); return the hosts whose snapshot
+        it is. NotFound when no host has one of that name, BadRequest for what contradicts it."""
+        name = self.snapshot
+        given = self.model_fields_set
+        if self.cmdline is not None:
+            raise BadRequest(f"a clone of snapshot {name!r} keeps the snapshot's kernel command "
+                             "line: leave 'cmdline' out")
+        if self.disk_image:
+            raise BadRequest(f"a clone of snapshot {name!r} has the snapshot's disk only: "
+                             "'disk_image' cannot be given with 'snapshot'")
+        up = ctx.session.scalars(select(Host).where(Host.state == "up")).all()
+        answers = call_many({h.name: ctx.manager.agent_for(h.name, h.url, h.token) for h in up},
+                            "list_snapshots")
+        found: dict[str, agent.SnapshotOut] = {}
+        known: set[str] = set()
+        for host, r in sorted(answers.items()):
+            for snap in r.payload if r.ok else []:
+                known.add(snap.name)
+                if snap.name == name:
+                    found[host] = snap
+        if not found:
+            silent = sorted(h for h, r in answers.items() if not r.ok)
+            raise NotFound(f"no snapshot {name!r} on any host (known: "
+                           f"{', '.join(sorted(known)) or 'none'})"
+                           + (f"; {', '.join(silent)} did not answer" if silent else ""))
+
+        def where(snaps: dict[str, agent.SnapshotOut]) -> str:
+            return ", ".join(f"{h}: image {g.image}, {g.memory_mib} MiB, {g.cpus} vCPU"
+                             for h, g in sorted(snaps.items()))
+
+        cands = {h: g for h, g in found.items() if "image" not in given or g.image == self.image}
+        if not cands:
+            raise BadRequest(f"snapshot {name!r} is not of image {self.image!r} ({where(found)}): "
+                             "leave 'image' out (a clone has its snapshot's)")
+        if self.host is not None:
+            if ctx.session.get(Host, self.host) is None:
+                raise NoCapacity(f"there is no host {self.host!r}")
+            if self.host not in cands:
+                raise NoCapacity(f"host {self.host} has no snapshot {name!r}"
+                                 + (f" of image {self.image!r}" if "image" in given else "")
+                                 + f" (hosts with it: {', '.join(sorted(cands))})")
+            cands = {self.host: cands[self.host]}
+        machines = {(g.image, g.memory_mib, g.cpus) for g in cands.values()}
+        if len(machines) > 1:
+            raise BadRequest(f"snapshot {name!r} is not the same machine on every host "
+                             f"({where(cands)}): pin a host with 'host' (or give 'image')")
+        image, mib, cpus = machines.pop()
+        if "memory" in given and self.memory_mib() != mib:
+            raise BadRequest(f"a clone of snapshot {name!r} has its {mib} MiB of memory, not "
+                             f"{self.memory}: leave 'memory' out")
+        if "cpus" in given and self.cpus != cpus:
+            raise BadRequest(f"a clone of snapshot {name!r} has its {cpus} vCPU(s), not "
+                             f"{self.cpus}: leave 'cpus' out")
+        self.image, self.memory, self.cpus = image, f"{mib}M", cpus
+        return set(cands)
 
     def run(self, ctx: JobContext) -> dict[str, Any] | None:
         ctx.progress(0.05)

@@ -3,7 +3,10 @@
 A host's capacity is its CPUs x ``cpu_ratio`` and its memory x ``memory_ratio`` (overcommit);
 what is used is the sum over the VMs the store places there (every VM that is not deleted,
 running or not: a stopped VM may start again). A host fits when it is up, has the image, has
-the CPUs and the memory free, and — for an anti-affinity group — holds no VM of that group.
+the CPUs and the memory free, and — for an anti-affinity group — holds no VM of that group. A
+clone of a golden snapshot also needs a host whose agent runs the native driver and, unless
+the host may make the snapshot itself, one that holds the snapshot (the caller asked the agents
+which do: ``HostLoad.snapshots``).
 Among the hosts that fit, the one with the most free memory wins (spreading the load).
 
 When none fits, :class:`NoCapacity` says why, host by host:
@@ -36,6 +39,8 @@ class HostLoad:
     used_cpus: int = 0
     used_memory_mib: int = 0
     groups: set[str] = field(default_factory=set)
+    drivers: set[str] = field(default_factory=set)
+    snapshots: set[str] = field(default_factory=set)  # golden snapshots it holds (if asked)
 
     def free_cpus(self, oc: Overcommit) -> float:
         return self.cpus * oc.cpu_ratio - self.used_cpus
@@ -57,12 +62,18 @@ class Request:
     image: str | None = None
     group: str | None = None  # anti-affinity: no two VMs of a group on one host
     host: str | None = None  # pinned by the user (still checked)
+    snapshot: str | None = None  # a golden snapshot the host must hold
+    clone: bool = False  # a clone of a golden snapshot: the host needs the native driver
 
 
 def why_not(h: HostLoad, req: Request, oc: Overcommit) -> str | None:
     """None if ``h`` can take ``req``, else the reason, phrased for the user."""
     if not h.up:
         return f"{h.name} is down"
+    if req.clone and "native" not in h.drivers:
+        return f"{h.name} cannot make clones (its agent has no native driver)"
+    if req.snapshot and req.snapshot not in h.snapshots:
+        return f"{h.name} has no snapshot {req.snapshot!r}"
     if req.image and req.image not in h.images:
         return f"{h.name} has no image {req.image!r}"
     if req.group and req.group in h.groups:

@@ -13,8 +13,10 @@ The chosen host is then pinned in M1's :class:`~vnix.cluster.ops_vm.CreateVm`, w
 check (quota, image, capacity) records the VM; the deploy job creates all of them in parallel
 across hosts (``JobContext.parallel``), each from a qcow2 overlay of the image on its host.
 
-``source="snapshot" snapshot="NAME"``: the nodes are clones (native driver). Each node's
-agent CreateVm names the golden snapshot ``NAME`` of the group's image; the host's agent makes
+``source="snapshot" snapshot="NAME"``: the nodes are clones (native driver, on hosts whose
+agent has it). Each node is a :class:`~vnix.cluster.ops_vm.CreateVm` with ``snapshot=NAME``
+and ``make_snapshot`` (the path a single VM from a snapshot takes too), so its agent CreateVm
+names the golden snapshot ``NAME`` of the group's image; the host's agent makes
 it on the first clone that needs it (a template VM of the image booted to its readiness line
 and saved, :mod:`vnix.node.snapshots`) and reuses it afterwards, so there is one golden
 snapshot per (image, host). Each clone is then a fork of that host's warm clone server: RAM
@@ -42,7 +44,7 @@ from sqlalchemy.orm import Session
 from vnix.cluster import agents as agent_calls
 from vnix.cluster.errors import AgentError, BadRequest, NoCapacity, NotFound
 from vnix.cluster.manager import Manager, group_key
-from vnix.cluster.ops_vm import CreateVm
+from vnix.cluster.ops_vm import CreateVm, clone_driver
 from vnix.cluster.operations import OpContext
 from vnix.cluster.scheduler import HostLoad, Request, why_not
 from vnix.cluster.tables import Host, Setting, Vm
@@ -60,17 +62,6 @@ agent_calls.CALLS.setdefault("set_overlay", agent_calls.Call(
 agent_calls.CALLS.setdefault("delete_overlay", agent_calls.Call(
     "DELETE", "/networks/{name}/overlay"))
 agent_calls._ADAPTERS.setdefault("set_overlay", TypeAdapter(OverlayOut))
-# ... and the golden snapshot routes (vnix.node.snapshots)
-for _name, _call in {
-    "list_snapshots": agent_calls.Call("GET", "/snapshots", answer=list[agent.SnapshotOut]),
-    "snapshot_info": agent_calls.Call("GET", "/snapshots/{name}", answer=agent.SnapshotOut),
-    "create_snapshot": agent_calls.Call("POST", "/snapshots", agent.CreateSnapshot,
-                                        agent.SnapshotOut, timeout=300),
-    "delete_snapshot": agent_calls.Call("DELETE", "/snapshots/{name}"),
-}.items():
-    agent_calls.CALLS.setdefault(_name, _call)
-    if _call.answer is not None:
-        agent_calls._ADAPTERS.setdefault(_name, TypeAdapter(_call.answer))
 
 
 # -- placement -------------------------------------------------------------------------------
@@ -104,11 +95,9 @@ def plan_nodes(ctx: OpContext, cluster: str, spec: ClusterSpec, group: Group,
     s = ctx.session
     cfg = spec.resolve(group, saved)
     driver = cfg.driver
-    if cfg.source == "snapshot":
-        if driver not in (None, "native"):
-            raise BadRequest(f"group {group.name!r}: source=\"snapshot\" makes clones on the "
-                             f"native driver, not {driver!r}")
-        driver = "native"
+    snapshot = cfg.snapshot if cfg.source == "snapshot" else None
+    if snapshot:  # refused for the group before any node is placed
+        driver = clone_driver(driver, f"group {group.name!r}: source=\"snapshot\"")
     anti = group.placement.policy == "anti-affinity"
     key = group_key(cluster, group.name) if anti else None
     net = spec.network(cfg.network) if cfg.network else None
@@ -124,7 +113,7 @@ def plan_nodes(ctx: OpContext, cluster: str, spec: ClusterSpec, group: Group,
         for vm in records.nodes(s, cluster, group.name):
             if vm.host:
                 counts[vm.host] = counts.get(vm.host, 0) + 1
-        req = Request(cfg.cpus, cfg.memory_mib, cfg.image, key)
+        req = Request(cfg.cpus, cfg.memory_mib, cfg.image, key, clone=bool(snapshot))
         host = choose_host(ctx.manager.host_loads(s), req, group, counts, ctx)
         nics = []
         if net is not None and vni is not None:
@@ -134,12 +123,8 @@ def plan_nodes(ctx: OpContext, cluster: str, spec: ClusterSpec, group: Group,
         op = CreateVm(name=name, image=cfg.image, memory=f"{cfg.memory_mib}M", cpus=cfg.cpus,
                       driver=driver, cmdline=cfg.cmdline, nics=nics, start=start,
                       host=host, cluster=cluster, group=group.name, anti_affinity=anti,
-                      owner=owner)
+                      owner=owner, snapshot=snapshot, make_snapshot=bool(snapshot))
         op.check(ctx)  # quota, image, capacity on the pinned host; records the VM row
-        if cfg.source == "snapshot":  # the agent clones the host's golden snapshot
-            row = s.get(Vm, name)
-            assert row is not None
-            row.spec = {**row.spec, "snapshot": cfg.snapshot}
         out.append(op)
     return out
 
