@@ -218,6 +218,54 @@ def test_clones_through_the_agent_learn_their_identity_over_vsock(lab: dict[str,
     assert [s.name for s in client.call("list_snapshots")] == []
 
 
+def test_one_vm_from_a_snapshot_through_the_manager(lab: dict[str, Any]) -> None:
+    """CreateVm with 'snapshot' (REST POST /vms, vnix vm create --snapshot): a clone of the
+    host's golden snapshot, the snapshot's machine; the snapshot's image cannot be deleted
+    while the snapshot exists."""
+    from vnix.cluster.auth import Actor, Role
+    from vnix.cluster.errors import AgentError, NotFound
+    from vnix.cluster.ops_vm import CreateVm, DeleteVm, StartVm, StopVm
+    from vnix.cluster.tables import Vm
+    from vnix.node import models as agent
+
+    m, store = lab["manager"], lab["store"]
+    admin = Actor("admin", Role.ADMIN)
+    client = m.agent("local")
+    with pytest.raises(NotFound, match="no snapshot 'solo' on any host"):
+        m.submit(CreateVm(name="solo-1", snapshot="solo"), admin)
+    client.call("create_snapshot", agent.CreateSnapshot(name="solo", image="idle",
+                                                        memory="48M", vsock=False))
+    job = m.runner.wait(m.submit(CreateVm(name="solo-1", snapshot="solo"), admin), 60)
+    assert job.state == "succeeded", job.error
+    with store.session() as s:
+        vm = s.get(Vm, "solo-1")
+        assert vm is not None
+        assert (vm.host, vm.actual, vm.image, vm.memory_mib) == ("local", "running", "idle", 48)
+    info = client.call("vm_info", name="solo-1")
+    assert info.driver == "native" and info.memory_mib == 48 and info.state == "running"
+    assert "cloned from golden.snap" in info.detail
+    assert client.call("snapshot_info", name="solo").used_by == ["solo-1"]
+    lines = wait_ticks(client, "solo-1", after=2)
+    assert "tick 1" not in lines, lines  # it began where the template was saved
+    # an ordinary VM afterwards
+    assert m.runner.wait(m.submit(StopVm(name="solo-1", timeout=10), admin), 60).state == \
+        "succeeded"
+    assert m.runner.wait(m.submit(StartVm(name="solo-1"), admin), 60).state == "succeeded"
+    wait_ticks(client, "solo-1", after=2)
+
+    with pytest.raises(AgentError) as exc:  # the image stays while a snapshot needs it
+        client.call("delete_image", name="idle")
+    assert exc.value.status == 409 and "in use by VM(s) solo-1" in exc.value.message
+    assert m.runner.wait(m.submit(DeleteVm(name="solo-1"), admin), 60).state == "succeeded"
+    with pytest.raises(AgentError) as exc:
+        client.call("delete_image", name="idle")
+    assert exc.value.status == 409
+    assert "golden snapshot(s) made from it: solo;" in exc.value.message
+    assert client.call("image_info", name="idle").kernel
+    client.call("delete_snapshot", name="solo")
+    assert [s.name for s in client.call("list_snapshots")] == []
+
+
 def test_clones_outlive_a_killed_agent_and_its_clone_server(tmp_path: Path) -> None:
     """`vnix agent` killed with SIGKILL: its clones run on; the next agent finds them running
     (same processes), ends the clone server the dead one left, and clones with a new one."""
