@@ -13,7 +13,6 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from vnix.cluster.agents import call_many
-
 from vnix.cluster.auth import Actor
 from vnix.cluster.errors import (
     AgentError,
