@@ -114,11 +114,14 @@ def clones(tmp: Path, count: int, mib: int, workers: int) -> dict[str, Any]:
         sinfo = psutil.Process(server.proc.pid).memory_full_info()
     finally:
         server.close()
+        ending = []
         for pid in pids:
             try:
+                ending.append(psutil.Process(pid))
                 os.kill(pid, 15)
-            except ProcessLookupError:
+            except (ProcessLookupError, psutil.NoSuchProcess):
                 pass
+        psutil.wait_procs(ending, timeout=10)  # each writes its stats JSON into tmp on the way out
     return {
         "count": count, "guest_mib": mib, "snapshot_bytes": snap.stat().st_size,
         "server_start_ms": round(server_ms, 1),
