@@ -20,6 +20,16 @@ Before the ready line /init configures the network and the power button:
   are synced and remounted read-only, and the guest powers off. That is what QEMU's
   ``system_powerdown`` (the agent's graceful stop) presses.
 
+When the kernel has vsock (/dev/vsock: the ``vsock`` module loaded) and the image carries
+/sbin/vnix-identity (vnix/images/guest/vnix_identity.c, x86_64 images), /init starts it in the
+background before the ready line, and only once it listens does the ready line end with
+``; waiting for identity on port 5000`` (IDENTITY_NOTE; what vnix.node.snapshots.IDENTITY
+looks for): a golden snapshot of the image then records identity_port 5000, and each clone is
+told its name, address and a seed over vsock (the agent prints
+``vnix-guest: identity NAME ADDR`` for each)::
+
+    vnix-guest: ready (kernel 6.1.0-56-amd64, 1 cpus, 3920 MiB, root initramfs); waiting for identity on port 5000
+
 The command travels as ``vnix.cmd=<base64 of a shell string>`` (:func:`encode_command`):
 base64 keeps spaces, quotes and newlines out of the kernel's own parsing of its command line
 (Documentation/admin-guide/kernel-parameters.rst: parameters are split on spaces, a dotted
@@ -44,6 +54,8 @@ HOSTNAME_PARAM = "vnix.hostname"
 IP_PARAM = "vnix.ip"
 DHCP_PARAM = "vnix.dhcp"
 ADDRESS_PREFIX = "vnix-guest: eth0 "
+IDENTITY_PORT = 5000  # the vsock port /sbin/vnix-identity listens on (vnix_identity.c's default)
+IDENTITY_NOTE = "; waiting for identity on port "  # the ready line's tail when it listens
 COMMAND_LINE_SIZE = 2048  # arch/x86/include/asm/setup.h, arch/arm64/include/uapi/asm/setup.h
 
 _END_RE = re.compile(re.escape(END_MARKER) + r"(\d+)")
@@ -201,8 +213,12 @@ fi
 if [ -n "$NETIP" ] || [ "$(param vnix.dhcp)" = 1 ]; then
     echo "vnix-guest: eth0 $(ip -4 -o addr show dev eth0 | awk '{print $4; exit}')"
 fi
+IDENTITY=
+if [ -x /sbin/vnix-identity ] && [ -e /dev/vsock ] && /sbin/vnix-identity --daemon --port @IDENTITY_PORT@; then
+    IDENTITY="@IDENTITY_NOTE@@IDENTITY_PORT@"
+fi
 MEM=$(awk '/^MemTotal:/ {print int($2/1024)}' /proc/meminfo)
-echo "vnix-guest: ready (kernel $(uname -r), $(nproc) cpus, $MEM MiB, root ${VNIX_ROOT:-initramfs})"
+echo "vnix-guest: ready (kernel $(uname -r), $(nproc) cpus, $MEM MiB, root ${VNIX_ROOT:-initramfs})$IDENTITY"
 
 CMD=$(param vnix.cmd)
 if [ -n "$CMD" ]; then
@@ -221,4 +237,5 @@ while true; do
     sync
     poweroff -f
 done
-""".replace("@POWER_SCRIPT@", POWER_SCRIPT).replace("@UDHCPC_SCRIPT@", UDHCPC_SCRIPT)
+""".replace("@POWER_SCRIPT@", POWER_SCRIPT).replace("@UDHCPC_SCRIPT@", UDHCPC_SCRIPT).replace(
+    "@IDENTITY_NOTE@", IDENTITY_NOTE).replace("@IDENTITY_PORT@", str(IDENTITY_PORT))

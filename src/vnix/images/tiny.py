@@ -12,8 +12,11 @@ Steps (each one reported to ``on_step``; the CLI shows them as a progress bar):
 3. unpack    ``dpkg-deb -x`` both.
 4. modules   the virtio, vsock and ext4 modules and their dependencies, read from the .ko
              files (vnix.images.kmod), decompressed, in load order.
-5. initramfs our own cpio "newc" writer: busybox and its applet links, /init, the modules and
-             the device nodes /dev/console, /dev/null and the console port (no root needed).
+5. initramfs our own cpio "newc" writer: busybox and its applet links, /init, the modules,
+             the device nodes /dev/console, /dev/null and the console port (no root needed)
+             and /sbin/vnix-identity, the clone identity agent (guest/vnix_identity.c), compiled
+             here with the host's ``gcc -static -Os`` when the guest is the host's architecture
+             (an image of another one goes without: /init then announces no identity port).
              The archive is left uncompressed: on a host whose KVM emulates guest kernel code,
              inflating it would cost the kernel more than reading the extra megabytes. A
              foreign busybox cannot run here to list its applets: /init links them at boot.
@@ -41,6 +44,8 @@ from vnix.images.debian import Apt, Package, download, resolve_inputs, unpack
 from vnix.images.store import image_dir, read_manifest, vnix_home
 
 BUILDER_VERSION = 1
+IDENTITY_SOURCE = Path(__file__).with_name("guest") / "vnix_identity.c"
+IDENTITY_PATH = "sbin/vnix-identity"  # in the initramfs and on the root disk
 ROOTFS_MIB = 64
 
 # Kernel command line of the x86_64 guest (each architecture's: GuestArch.cmdline).
@@ -83,6 +88,7 @@ def builder_fingerprint() -> str:
     for mod in (cpio, kmod, guest_init, arches, bootkernel):
         h.update(Path(mod.__file__ or "").read_bytes())
     h.update(Path(__file__).read_bytes())
+    h.update(IDENTITY_SOURCE.read_bytes())
     return h.hexdigest()[:16]
 
 
@@ -108,8 +114,30 @@ def _applets(busybox: Path, arch: GuestArch) -> list[str]:
     return [line.strip() for line in out.splitlines() if line.strip()]
 
 
+def build_identity_agent(out: Path) -> None:
+    """Compile guest/vnix_identity.c into the static binary ``out`` (the host's gcc and libc.a;
+    Debian: gcc, libc6-dev). Raises ImageError with one line naming what is missing."""
+    gcc = shutil.which("gcc")
+    if gcc is None:
+        raise ImageError("gcc not found: the tiny image's identity agent is compiled at build time "
+                         "(apt-get install gcc libc6-dev)")
+    try:
+        res = subprocess.run([gcc, "-static", "-Os", "-s", "-Wall", "-o", str(out),
+                              str(IDENTITY_SOURCE)], capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise ImageError(f"cannot run gcc for the identity agent: {exc}") from None
+    if res.returncode != 0:
+        err = res.stderr
+        if "cannot find -lc" in err or "crt1.o" in err or ".h: No such file" in err:
+            raise ImageError("cannot compile the identity agent statically: the C library's "
+                             "headers or libc.a are missing (apt-get install libc6-dev)")
+        first = next((ln for ln in err.splitlines() if "error" in ln), err.strip()[:200])
+        raise ImageError(f"gcc failed on {IDENTITY_SOURCE.name}: {first.strip()}")
+
+
 def _write_initramfs(out: Path, busybox: bytes, applets: list[str],
-                     modules: list[tuple[str, bytes]], arch: GuestArch) -> None:
+                     modules: list[tuple[str, bytes]], arch: GuestArch,
+                     identity: bytes | None = None) -> None:
     with out.open("wb") as f, cpio.CpioWriter(f) as w:
         for d in _DIRS:
             w.dir(d)
@@ -123,12 +151,15 @@ def _write_initramfs(out: Path, busybox: bytes, applets: list[str],
         for path, text in _ETC.items():
             w.file(path, text.encode())
         w.file("init", guest_init.INIT_SCRIPT.encode(), 0o755)
+        if identity is not None:
+            w.file(IDENTITY_PATH, identity, 0o755)
         for name, data in modules:
             w.file(f"lib/modules/{name}.ko", data)
         w.file("lib/modules/load-order", "".join(f"{n}\n" for n, _ in modules).encode())
 
 
-def _write_rootfs(out: Path, tree: Path, busybox: Path, applets: list[str]) -> None:
+def _write_rootfs(out: Path, tree: Path, busybox: Path, applets: list[str],
+                  identity: Path | None = None) -> None:
     for d in _DIRS:
         (tree / d).mkdir(parents=True, exist_ok=True)
     shutil.copy2(busybox, tree / "bin/busybox")
@@ -144,6 +175,9 @@ def _write_rootfs(out: Path, tree: Path, busybox: Path, applets: list[str]) -> N
         init.unlink()
     init.write_text(guest_init.INIT_SCRIPT)
     init.chmod(0o755)
+    if identity is not None:
+        shutil.copyfile(identity, tree / IDENTITY_PATH)
+        (tree / IDENTITY_PATH).chmod(0o755)
     (tree / "root/README").write_text("vnix tiny guest root disk\n")
     try:
         subprocess.run(
@@ -217,11 +251,16 @@ def build_tiny(*, force: bool = False, on_step: Callable[[str], None] | None = N
         applets = _applets(busybox, guest)
         staged = tmp / "out"
         staged.mkdir()
-        _write_initramfs(staged / "initrd.cpio", busybox.read_bytes(), applets, modules, guest)
+        identity: Path | None = None
+        if guest.name == arches.host_arch():
+            identity = tmp / "vnix-identity"
+            build_identity_agent(identity)
+        _write_initramfs(staged / "initrd.cpio", busybox.read_bytes(), applets, modules, guest,
+                         identity.read_bytes() if identity else None)
         _stage_kernel(vmlinuz[0], staged / "vmlinuz", guest)
 
         step("rootfs")
-        _write_rootfs(staged / "rootfs.ext4", tmp / "rootfs-tree", busybox, applets)
+        _write_rootfs(staged / "rootfs.ext4", tmp / "rootfs-tree", busybox, applets, identity)
 
         step("install")
         files = {"kernel": "vmlinuz", "initrd": "initrd.cpio", "rootfs": "rootfs.ext4"}

@@ -15,8 +15,10 @@ Clones are made by one warm clone server per snapshot (:class:`vnix.vmm.clone.Cl
 started on first use, kept while the agent runs; ``clone-server.pid`` lets the next agent end
 one a killed agent left): ``fork()`` per clone, guest RAM mapped
 MAP_PRIVATE from ``golden.snap`` (shared page cache until written). When the template's guest
-said ``waiting for identity on port P`` (the ``clone_identity`` test-kit guest), every clone is
-sent ``name=VM addr=IP seed=N`` over vsock right after it runs.
+said ``waiting for identity on port P`` (the ``clone_identity`` test-kit guest; the tiny Linux
+image's ready line when its /sbin/vnix-identity listens, see vnix.images.guest_init), every clone
+is sent ``name=HOST addr=IP seed=N`` over vsock right after it runs (HOST: the VM's name as a host
+name, '_' -> '-').
 
 Readiness: the request's ``ready`` text, else the first of :data:`READY_LINES` on the console.
 """
@@ -231,7 +233,8 @@ class GoldenStore:
         from vnix.vmm.clone import send_identity
 
         assert rec.identity_port is not None
-        line = f"name={vm} addr={addr or 'none'} seed={secrets.randbits(63)}"
+        host = vm.replace("_", "-")  # a VM name may hold '_', a host name may not (RFC 952)
+        line = f"name={host} addr={addr or 'none'} seed={secrets.randbits(63)}"
         return send_identity(uds, rec.identity_port, line)
 
     def delete(self, name: str, used_by: list[str]) -> None:
