@@ -26,13 +26,13 @@ first steps more, with every page it writes copied):
    (stopping as soon as another request waits) and takes the next request. With ``--prefork 0``
    the server forks a child for each request instead, which does step 1's preparation itself.
    The child redirects its stdout (the serial console) to the log and restores the rest with the
-   clone's overrides (devices, vCPUs, irqchip/PIT state, device state, clock); with a serial
-   socket it then serves COM1 there as a VMM's ``--serial unix:PATH`` does
-   (:meth:`vnix.vmm.console.Console.listen`: each client gets the output from then on, what any
-   client sends goes to the UART, the log keeps it all);
-4. once the child's boot vCPU is in KVM_RUN it answers on the connection with one JSON line
-   ``{"pid": N, "restore_ms": T}`` (T: from the request read in step 3 to the vCPU running) and
-   closes it, or ``{"error": "..."}`` and exits.
+   clone's overrides (devices, vCPUs, irqchip/PIT state, device state, clock);
+4. once the child's boot vCPU is in KVM_RUN it binds the spec's serial socket, if any (COM1
+   served there as a VMM's ``--serial unix:PATH`` does, :meth:`vnix.vmm.console.Console.listen`:
+   each client gets the output from then on, what any client sends goes to the UART, the log
+   keeps it all; its accept thread starts after the answer), answers on the connection with one
+   JSON line ``{"pid": N, "restore_ms": T}`` (T: from the request read in step 3 to the vCPU
+   running) and closes it, or ``{"error": "..."}`` and exits.
 
 A child ends like a VMM process: its exit status as in :mod:`vnix.vmm.exitcodes`, and on the
 way out what ``python -m vnix.vmm`` does (:func:`vnix.vmm.finish.finish`: its sockets closed and
@@ -152,8 +152,6 @@ def _child(conn: socket.socket, spec: CloneSpec, snap: object, t_request: float,
                                       nets=[parse_net(n) for n in spec.nets] or None, vsock=vsock)
         machine = restore_machine(Machine, snap, stats, memory_backing="private-mmap",  # type: ignore[arg-type]
                                   overrides=overrides, dirty_log=False, prepared=prepared)  # type: ignore[arg-type]
-        if spec.serial_sock is not None:  # as the VMM's --serial unix:PATH: bound now (~10 us), so
-            machine.console.listen(spec.serial_sock, accept_later=True)  # it exists once we answer
         if spec.api_sock is not None:
             from vnix.vmm.api import serve
 
@@ -161,9 +159,15 @@ def _child(conn: socket.socket, spec: CloneSpec, snap: object, t_request: float,
 
         def running() -> None:
             ms = (time.monotonic() - t_request) * 1000
+            if spec.serial_sock is not None:  # as the VMM's --serial unix:PATH, set up once the vCPU
+                try:  # runs (0.1-0.2 ms in a fresh child, its pages copied) and before the answer:
+                    machine.console.listen(spec.serial_sock)  # the socket is there when we answer
+                except OSError as exc:  # the VM stops (VMM_FAILURE), the client gets the reason
+                    conn.sendall(json.dumps({"error": f"serial socket {spec.serial_sock}: {exc}"}).encode() + b"\n")
+                    raise
             conn.sendall(json.dumps({"pid": os.getpid(), "restore_ms": round(ms, 3)}).encode() + b"\n")
             conn.close()
-            machine.console.accept_clients()  # a thread: started off the path to the vCPU running
+            machine.console.accept_clients()  # its thread started after the answer (clients wait in the backlog)
 
         gc.enable()
         stop = machine.run(on_running=running)

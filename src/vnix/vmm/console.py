@@ -56,7 +56,6 @@ class Console:
         self.bytes_out = 0
         self.bytes_in = 0
         self._server: _socket.socket | None = None
-        self._accept_later = False
         self._acceptor: threading.Thread | None = None
         self._clients: list[_socket.socket] = []
         self._feed_lock = threading.Lock()  # one writer into the UART at a time
@@ -84,11 +83,11 @@ class Console:
                 self._drop(client)
 
     # -- the serial socket ----------------------------------------------------------------------
-    def listen(self, path: str, *, accept_later: bool = False) -> None:
+    def listen(self, path: str) -> None:
         """Serve the port on the Unix socket ``path`` (a stale socket file is replaced). Clients
-        are taken from :meth:`start` on, or with ``accept_later`` from :meth:`accept_clients` on
-        (a clone server's child: the thread is started once its vCPU runs); until then they wait
-        in the listen backlog."""
+        are taken from :meth:`start` on; bound later than that (a clone server's child binds it
+        once its vCPU runs), from :meth:`accept_clients` on. Until then they wait in the listen
+        backlog."""
         if os.path.exists(path):
             os.unlink(path)
         server = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
@@ -96,7 +95,6 @@ class Console:
         os.chmod(path, 0o600)
         server.listen(4)
         self._server = server
-        self._accept_later = accept_later
         self.socket_path = path
 
     def accept_clients(self) -> None:
@@ -161,8 +159,7 @@ class Console:
             except termios.error:
                 self._saved_tty = None
         threading.Thread(target=self._reader, name="console-in", daemon=True).start()
-        if not self._accept_later:
-            self.accept_clients()
+        self.accept_clients()
 
     def restore(self) -> None:
         """Give the terminal back as it was (idempotent)."""
