@@ -1,4 +1,5 @@
-"""The tiny Linux image's clone identity agent (/sbin/vnix-identity, vnix/images/guest/vnix_identity.c).
+"""The tiny Linux image's clone identity agent: /sbin/vnix-identity, from
+vnix/images/guest/vnix_identity.c.
 
 No Linux guest runs on this host's native VMM and QEMU has no vhost-vsock here, so the binary is
 tested directly: built as the image build builds it, run with ``--unix PATH`` instead of vsock,
@@ -111,7 +112,8 @@ def test_identity_sets_host_name_address_and_answers(ns_agent: NsAgent) -> None:
     assert ns_agent.eth0_addrs() == ["10.77.0.9/24"]
     assert "via 10.77.0.1 dev eth0" in ns_agent.default_route()  # kept: the subnet reaches it
 
-    m = ANSWER.fullmatch(ns_agent.ask(b"name=Clone.2 addr=10.78.1.3/16 seed=18446744073709551615\n"))
+    line = b"name=Clone.2 addr=10.78.1.3/16 seed=18446744073709551615\n"  # seed: 2**64 - 1
+    m = ANSWER.fullmatch(ns_agent.ask(line))
     assert m and m.group(1) == "Clone.2"
     assert ns_agent.hostname() == "Clone.2"
     assert ns_agent.eth0_addrs() == ["10.78.1.3/16"]  # the old address is gone
@@ -214,7 +216,8 @@ def test_malformed_lines_are_refused_and_the_agent_serves_on(ns_agent: NsAgent) 
 
 
 def test_agent_usage_and_a_failed_listen(agent_bin: Path, tmp_path: Path) -> None:
-    bad = subprocess.run([str(agent_bin), "--port", "0"], capture_output=True, text=True, timeout=10)
+    bad = subprocess.run([str(agent_bin), "--port", "0"], capture_output=True, text=True,
+                         timeout=10)
     assert bad.returncode == 2 and "usage" in bad.stderr
     gone = subprocess.run([str(agent_bin), "--daemon", "--unix", str(tmp_path / "no/such/dir/s")],
                           capture_output=True, text=True, timeout=10)
@@ -296,3 +299,22 @@ def test_initramfs_carries_the_agent(tmp_path: Path, agent_bin: Path) -> None:
                              text=True, check=True).stdout
     line = next(ln for ln in listing.splitlines() if ln.endswith(" sbin/vnix-identity"))
     assert line.startswith("-rwxr-xr-x") and str(agent_bin.stat().st_size) in line.split()
+
+
+@pytest.mark.parametrize("gcc_stderr", [
+    None,
+    "/usr/bin/ld: cannot find -lc: No such file or directory",
+    "x.c:1:10: fatal error: stdio.h: No such file or directory",
+])
+def test_image_build_names_the_missing_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               gcc_stderr: str | None) -> None:
+    fake = tmp_path / "gcc"
+    fake.write_text(f"#!/bin/sh\necho '{gcc_stderr}' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(tiny.shutil, "which",
+                        lambda name: None if gcc_stderr is None else str(fake))
+    with pytest.raises(tiny.ImageError) as err:
+        tiny.build_identity_agent(tmp_path / "out")
+    msg = str(err.value)
+    assert "\n" not in msg and "libc6-dev" in msg
+    assert ("gcc not found" in msg) == (gcc_stderr is None)
