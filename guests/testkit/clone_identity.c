@@ -146,7 +146,8 @@ static uint64_t serve_identity(uint64_t unused)
 			}
 		} else if ((h.op == OP_SHUTDOWN || h.op == OP_RST) && h.src_port == peer_port) {
 			if (h.op == OP_SHUTDOWN) send_pkt(OP_RST, 0, 0);
-			if (got_identity) return 0;
+			port = peer_port = 0;	/* the stream is over: back to hlt (not 5 s of polling) */
+			return got_identity ? 0 : 2;
 		} else if (h.op == OP_CREDIT_REQUEST) {
 			send_pkt(OP_CREDIT_UPDATE, 0, 0);
 		}
