@@ -70,7 +70,7 @@ def open_fds() -> dict[int, str]:
 def test_rehearsal_touches_nothing_outside_and_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from vnix.vmm.devices.virtio.net import tap
     from vnix.vmm.snapshot.load import load_snapshot
-    from vnix.vmm.snapshot.restore import prepare_vm, rehearse
+    from vnix.vmm.snapshot.restore import _destroy, prepare_vm, rehearse
 
     snap_path, disk = snapshot_with_every_backend(tmp_path)
     snap = load_snapshot(str(snap_path), verify_memory=True)
@@ -95,6 +95,13 @@ def test_rehearsal_touches_nothing_outside_and_leaves_nothing_behind(tmp_path: P
     prepared = prepare_vm(snap, memory_backing="private-mmap", dirty_log=False, rehearse_first=True)
     assert prepared.steps_ms["rehearsal"] > 0
     assert "vcpu_registers" in prepared.steps_ms  # CPUID, sregs, regs... set ahead
+    vm_fds = lambda: sum(1 for target in open_fds().values() if target.startswith("anon_inode:kvm-vm"))  # noqa: E731
+    assert vm_fds() == 2 and len(prepared.deferred) == 1  # the rehearsal's VM waits for the clone to run
+    prepared.run_deferred()
+    assert vm_fds() == 1 and prepared.deferred == []
+    _destroy(prepared)
+    gc.collect()
+    assert open_fds() == fds
 
 
 def test_rehearsal_of_a_snapshot_whose_disk_is_gone_fails_quietly(tmp_path: Path) -> None:

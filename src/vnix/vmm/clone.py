@@ -10,19 +10,25 @@ first steps more, with every page it writes copied):
 1. the server imports the VMM, loads and checks the snapshot once (header, state, extents),
    ``gc.freeze()``\\ s what it built (a collection in a child would write to every object header
    and unshare the pages), listens on SOCK, forks K idle children (default 2) and prints
-   ``ready`` on stdout. Each idle child does what no clone's overrides change
+   ``ready`` on stdout. Each idle child, at SCHED_IDLE, does what no clone's overrides change
    (:func:`vnix.vmm.snapshot.restore.prepare_vm`: opens /dev/kvm, creates its KVM VM, maps guest
    RAM MAP_PRIVATE from the snapshot file (pages come in on demand from the page cache, shared by
-   every clone until one writes them) into slots without dirty logging, TSS, irqchip, PIT), then
-   blocks reading its own SOCK_SEQPACKET socketpair to the server (EOF there: the server is gone,
+   every clone until one writes them) into slots without dirty logging, TSS, irqchip, PIT, its
+   vCPUs with their registers), says ``ready`` on its own SOCK_SEQPACKET socketpair to the
+   server, and if no request came in the next 50 ms, rehearses a whole restore into a throwaway
+   VM with no outside effect (:func:`vnix.vmm.snapshot.restore.rehearse`, ~8 ms: the ~600 pages
+   the restore path writes are copied then, not on the request; a burst's children are taken
+   before and skip it). Then it blocks reading the socketpair (EOF there: the server is gone,
    the child exits);
 2. the client connects and sends one JSON line, a :class:`CloneSpec` (name, vsock CID and
    socket, its own disks (a qcow2 overlay each) and nets (tap, MAC), serial log, and the
    optional API socket, serial socket and stats JSON file of a VMM process);
 3. the server reads it (that instant, CLOCK_MONOTONIC, is the request time) and sends the
-   oldest idle child one message, ``"<request time> <the JSON line>"``, with the client's
-   connection attached (SCM_RIGHTS); no fork on this path (if no child is idle, one is forked
-   now). The server closes its copy of the connection, forks replacements until K are idle again
+   oldest ready child one message, ``"<request time> <the JSON line>"``, with the client's
+   connection attached (SCM_RIGHTS), and puts it (every thread) back to SCHED_OTHER; no fork
+   on this path. If no child is ready yet (a loaded host gives SCHED_IDLE little time), the
+   oldest one gets it; if none is left, one is forked now. The server closes its copy of the
+   connection, forks replacements until K are idle again
    (stopping as soon as another request waits) and takes the next request. With ``--prefork 0``
    the server forks a child for each request instead, which does step 1's preparation itself.
    The child redirects its stdout (the serial console) to the log and restores the rest with the
@@ -58,6 +64,8 @@ from dataclasses import asdict, dataclass, field
 from vnix.vmm import VmmError
 
 MAX_REQUEST = 64 * 1024
+READY = b"ready"  # an idle child to the server, once prepared
+REHEARSE_AFTER = 0.05  # s: an idle child with no request by then rehearses a restore (~8 ms)
 DEFAULT_PREFORK = 2  # idle children kept ready (--prefork K)
 
 
@@ -91,10 +99,12 @@ def _set_policy(policy: int) -> None:
         pass
 
 
-def _pool_child(ctrl: socket.socket, snap: object) -> None:
-    """In an idle pre-forked child (step 1): prepare what no spec changes, then wait for one
-    spec and the client's connection on ``ctrl`` (step 3). Never returns."""
-    from vnix.vmm.snapshot.restore import prepare_vm
+def _pool_child(ctrl: socket.socket, snap: object, rehearse: bool) -> None:
+    """In an idle pre-forked child (step 1): prepare what no spec changes, say ``ready`` on
+    ``ctrl``; if no request came within :data:`REHEARSE_AFTER` s, rehearse a restore (unless
+    forked for a waiting request); then wait for one spec and the client's connection there
+    (step 3). Never returns."""
+    from vnix.vmm.snapshot.restore import prepare_vm, rehearse as rehearse_restore
 
     prepared = None
     failed: Exception | None = None
@@ -103,6 +113,13 @@ def _pool_child(ctrl: socket.socket, snap: object) -> None:
         prepared = prepare_vm(snap, memory_backing="private-mmap", dirty_log=False)  # type: ignore[arg-type]
     except Exception as exc:  # noqa: BLE001 - told to the client that gets this child
         failed = exc
+    try:
+        ctrl.send(READY)
+    except OSError:
+        pass  # the server handed us a request before we were ready and closed its end: read it
+    if rehearse and prepared is not None and not select.select([ctrl], [], [], REHEARSE_AFTER)[0]:
+        rehearse_restore(snap, memory_backing="private-mmap", defer=prepared.deferred)  # type: ignore[arg-type]
+        _rehearse_request(snap)
     try:
         msg, fds, _, _ = socket.recv_fds(ctrl, 2 * MAX_REQUEST + 64, 1)
     except OSError:
@@ -128,12 +145,40 @@ def _pool_child(ctrl: socket.socket, snap: object) -> None:
     _child(conn, spec, snap, t_request, prepared)
 
 
+def _overrides(spec: CloneSpec) -> object:
+    """What a spec changes of the snapshot's machine (:class:`SnapshotOverrides`)."""
+    from vnix.vmm.config import VsockConfig, parse_disk, parse_net
+    from vnix.vmm.snapshot.restore import SnapshotOverrides
+
+    vsock = VsockConfig(cid=spec.cid, uds=spec.vsock_uds) if spec.vsock_uds is not None and spec.cid else None
+    return SnapshotOverrides(disks=[parse_disk(d) for d in spec.disks] or None,
+                             nets=[parse_net(n) for n in spec.nets] or None, vsock=vsock)
+
+
+def _rehearse_request(snap: object) -> None:
+    """The request's own steps before its restore, on a spec shaped like the snapshot's machine
+    (JSON decoding, :class:`CloneSpec`, parsing its disks and nets; nothing opened): the pages
+    they write are copied in the idle child too, as :func:`vnix.vmm.snapshot.restore.rehearse`
+    does for the restore."""
+    from vnix.vmm.stats import Stats
+
+    cfg = snap.config  # type: ignore[attr-defined]
+    spec = CloneSpec(name="rehearsal", serial_log=os.devnull, vsock_uds="/nonexistent/vsock", cid=3,
+                     disks=[f"{d.path},format={d.format}" for d in cfg.disks],
+                     nets=[f"tap,name=vnxrehearsal,mac={n.mac}" if n.mac else "tap,name=vnxrehearsal" for n in cfg.nets],
+                     serial_sock="/nonexistent/serial", stats_json="/nonexistent/stats.json")
+    try:
+        _overrides(CloneSpec(**json.loads(json.dumps(asdict(spec)) + "\n")))
+        Stats(time.monotonic())
+    except (ValueError, TypeError, VmmError):
+        pass
+
+
 def _child(conn: socket.socket, spec: CloneSpec, snap: object, t_request: float, prepared: object = None) -> None:
     """In the child that got the request: restore, answer, run. Never returns."""
-    from vnix.vmm.config import VsockConfig, parse_disk, parse_net
     from vnix.vmm.finish import finish
     from vnix.vmm.machine import Machine
-    from vnix.vmm.snapshot.restore import SnapshotOverrides, restore_machine
+    from vnix.vmm.snapshot.restore import restore_machine
     from vnix.vmm.stats import Stats
 
     status = 70
@@ -147,9 +192,7 @@ def _child(conn: socket.socket, spec: CloneSpec, snap: object, t_request: float,
         os.close(log)
         os.close(null)
         stats = Stats(t_request)
-        vsock = VsockConfig(cid=spec.cid, uds=spec.vsock_uds) if spec.vsock_uds is not None and spec.cid else None
-        overrides = SnapshotOverrides(disks=[parse_disk(d) for d in spec.disks] or None,
-                                      nets=[parse_net(n) for n in spec.nets] or None, vsock=vsock)
+        overrides = _overrides(spec)
         machine = restore_machine(Machine, snap, stats, memory_backing="private-mmap",  # type: ignore[arg-type]
                                   overrides=overrides, dirty_log=False, prepared=prepared)  # type: ignore[arg-type]
         if spec.api_sock is not None:
@@ -168,6 +211,8 @@ def _child(conn: socket.socket, spec: CloneSpec, snap: object, t_request: float,
             conn.sendall(json.dumps({"pid": os.getpid(), "restore_ms": round(ms, 3)}).encode() + b"\n")
             conn.close()
             machine.console.accept_clients()  # its thread started after the answer (clients wait in the backlog)
+            if prepared is not None:
+                prepared.run_deferred()  # type: ignore[attr-defined]  # the rehearsal's VM destroyed, off the clock
 
         gc.enable()
         stop = machine.run(on_running=running)
@@ -183,24 +228,34 @@ def _child(conn: socket.socket, spec: CloneSpec, snap: object, t_request: float,
         os._exit(status)
 
 
+class _Idle:
+    __slots__ = ("pid", "ctrl", "ready")
+
+    def __init__(self, pid: int, ctrl: socket.socket) -> None:
+        self.pid, self.ctrl, self.ready = pid, ctrl, False
+
+
 class _Pool:
-    """The server's idle pre-forked children: ``(pid, control socket)``, oldest first."""
+    """The server's pre-forked children, oldest first; ``ready`` once a child said so (its
+    rehearsal and preparation done)."""
 
     def __init__(self, snap: object, lsock: socket.socket, size: int) -> None:
         self.snap, self.lsock, self.size = snap, lsock, size
-        self.idle: list[tuple[int, socket.socket]] = []
+        self.idle: list[_Idle] = []
 
-    def fork(self) -> None:
+    def fork(self, rehearse: bool = True) -> None:
+        """``rehearse``: False for a child forked because a request waits (the rehearsal would
+        delay that request by more than it saves)."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         pid = os.fork()
         if pid == 0:
             ours.close()
             self.lsock.close()
-            for _, other in self.idle:  # another child's control socket: its EOF is the server's exit
-                other.close()
-            _pool_child(theirs, self.snap)
+            for other in self.idle:  # another child's control socket: its EOF is the server's exit
+                other.ctrl.close()
+            _pool_child(theirs, self.snap, rehearse)
         theirs.close()
-        self.idle.append((pid, ours))
+        self.idle.append(_Idle(pid, ours))
 
     def fill(self) -> None:
         """Fork children until ``size`` are idle, stopping as soon as a request waits."""
@@ -209,19 +264,57 @@ class _Pool:
                 return
             self.fork()
 
+    def _poll(self) -> None:
+        """Read the children's ``ready`` messages; forget the children that died (EOF)."""
+        waiting = [c.ctrl for c in self.idle if not c.ready]
+        readable = select.select(waiting, [], [], 0)[0] if waiting else []
+        for child in list(self.idle):
+            if child.ctrl in readable:
+                try:
+                    msg = child.ctrl.recv(16)
+                except OSError:
+                    msg = b""
+                if msg == READY:
+                    child.ready = True
+                else:
+                    child.ctrl.close()
+                    self.idle.remove(child)
+
+    def _take(self) -> _Idle:
+        """The oldest ready child, else the oldest, else a new one (no rehearsal); put back to
+        normal priority, so what it has left of its preparation or rehearsal is not left to
+        idle time."""
+        self._poll()
+        for child in self.idle:
+            if child.ready:
+                self.idle.remove(child)
+                break
+        else:
+            if not self.idle:
+                self.fork(rehearse=False)
+            child = self.idle.pop(0)
+        try:  # every thread: the rehearsal's device threads, joined before it ends, are SCHED_IDLE too
+            tids = [int(t) for t in os.listdir(f"/proc/{child.pid}/task")]
+        except OSError:
+            tids = [child.pid]
+        for tid in tids:
+            try:
+                os.sched_setscheduler(tid, os.SCHED_OTHER, os.sched_param(0))
+            except OSError:
+                pass
+        return child
+
     def hand(self, message: bytes, conn: socket.socket) -> bool:
         """Give a request to an idle child (forking one if none is idle); False if none took it."""
         for _ in range(self.size + 1):
-            if not self.idle:
-                self.fork()
-            pid, ctrl = self.idle.pop(0)
+            child = self._take()
             try:
-                socket.send_fds(ctrl, [message], [conn.fileno()])
+                socket.send_fds(child.ctrl, [message], [conn.fileno()])
                 return True
             except OSError:  # the child died while idle
                 continue
             finally:
-                ctrl.close()
+                child.ctrl.close()
         return False
 
 
