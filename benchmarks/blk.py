@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import os
 import re
 import statistics
@@ -59,6 +60,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a killed run still cleans up (its finally blocks)
     tmp = tempfile.mkdtemp(prefix="vnix-blk-bench-")
     content = os.urandom(1 << 20)
     images = {}

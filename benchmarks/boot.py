@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import os
 import re
 import statistics
@@ -189,6 +190,7 @@ def main() -> None:
     ap.add_argument("--exits", type=int, default=20000, help="port exits timed per run")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a killed run still cleans up (its finally blocks)
     if args.runs < 5:
         ap.error("--runs must be 5 or more")
     build()

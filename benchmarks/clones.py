@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import os
 import secrets
 import shutil
@@ -171,6 +172,7 @@ def main() -> None:
     ap.add_argument("--no-qemu", action="store_true")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a killed run still cleans up (its finally blocks)
     if not GUEST.is_file():
         build()
     with tempfile.TemporaryDirectory(prefix="vnix-clones-") as d:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import socket
 import statistics
 import subprocess
@@ -118,6 +119,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a killed run still cleans up (its finally blocks)
     results: dict[str, list[dict[str, float]]] = {"vnix": [], "qemu": []}
     for i in range(args.rounds):
         for vmm in (("vnix", "qemu") if i % 2 == 0 else ("qemu", "vnix")):

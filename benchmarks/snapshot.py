@@ -13,6 +13,10 @@ snapshot), then waits on the serial port; each diff follows a command that write
   enters KVM_RUN) and ``process -> first_kvm_run`` (adds the interpreter's start-up from
   /proc/self/stat, 10 ms resolution). Also in-process: ``load_snapshot`` + ``Machine.from_snapshot``
   in this process.
+* vnix restore through a clone server (the product's path from a golden snapshot, issue 4's
+  <= 10 ms): ``--restores`` clones one at a time, 0.25 s apart, RAM mapped MAP_PRIVATE from the
+  file, each clone's own request -> KVM_RUN (``restore_ms``) and the client's view
+  (``client_ms``: request sent -> answer read).
 * QEMU (-M pc, the same guest and disk, KVM): QMP ``migrate exec:cat > FILE`` of the running
   guest until ``completed``; restore: ``-incoming "exec:cat FILE"``, process start until QMP
   ``query-status`` says running.
@@ -164,6 +168,33 @@ def in_process_restore(snap: Path, backing: str, runs: int) -> dict[str, Any]:
     return summary(ms)
 
 
+def clone_server_restore(tmp: Path, snap: Path, runs: int, gap: float = 0.25) -> dict[str, Any]:
+    """The product path to a running VM from a snapshot (what the node agent does for a golden
+    snapshot, :mod:`vnix.vmm.clone`): ``runs`` clones asked of one clone server, one at a time,
+    ``gap`` s apart, each with its own qcow2 overlay over the snapshot's disk; each clone's own
+    request -> KVM_RUN time, and the client's request sent -> answer read. Each clone is stopped
+    once measured."""
+    from vnix.vmm.clone import CloneServer, CloneSpec
+
+    server = CloneServer(str(snap), str(tmp / "clones.sock"), log=str(tmp / "clone-server.log"))
+    own, client = [], []
+    try:
+        for i in range(runs):
+            overlay = tmp / f"clone{i}.qcow2"
+            subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(tmp / "disk.img"),
+                            str(overlay)], check=True)
+            time.sleep(gap)
+            t = time.monotonic()
+            answer = server.clone(CloneSpec(name=f"c{i}", serial_log=str(tmp / f"clone{i}.log"),
+                                            disks=[f"{overlay},format=qcow2"]))
+            client.append((time.monotonic() - t) * 1000)
+            own.append(float(answer["restore_ms"]))  # type: ignore[arg-type]
+            os.kill(int(answer["pid"]), signal.SIGKILL)  # type: ignore[call-overload]
+    finally:
+        server.close()
+    return {"restore_ms": summary(own), "client_ms": summary(client)}
+
+
 # -- QEMU -------------------------------------------------------------------------------------------
 class Qmp:
     def __init__(self, path: str, timeout: float = 30) -> None:
@@ -241,6 +272,7 @@ def main() -> None:
     ap.add_argument("--no-qemu", action="store_true")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a killed run still cleans up (its finally blocks)
     if not GUEST.is_file():
         build()
     results: dict[str, Any] = {}
@@ -251,6 +283,7 @@ def main() -> None:
             for backing in ("copy", "private-mmap"):
                 r[f"restore_{backing}"] = vnix_restore(full, backing, args.restores)
                 r[f"in_process_restore_{backing}_ms"] = in_process_restore(full, backing, args.restores)
+            r["clone_server_restore"] = clone_server_restore(tmp, full, args.restores)
             if not args.no_qemu:
                 r["qemu"] = qemu_save_restore(tmp, mib, args.restores)
             results[f"{mib}MiB"] = r
