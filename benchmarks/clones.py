@@ -28,10 +28,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -42,39 +42,23 @@ from typing import Any
 
 import psutil
 
-from vnix.testkit.runner import TESTKIT_DIR, build
-from vnix.vmm.api.client import VmmClient
+from vnix.testkit.errors import TestkitError
+from vnix.testkit.runner import build
+from vnix.testkit.snapshots import IDENTITY_GUEST, IDENTITY_PORT, identity_snapshot
 from vnix.vmm.clone import CloneServer, CloneSpec, send_identity
-from vnix.vmm.launch import vmm_argv
 
 sys.path.insert(0, str(Path(__file__).parent))
 from snapshot import qemu_save_restore, summary  # noqa: E402
 
-GUEST = TESTKIT_DIR / "build" / "clone_identity.elf"
-PORT = 5000
+GUEST, PORT = IDENTITY_GUEST, IDENTITY_PORT
 MIB = 1 << 20
 
 
 def base_snapshot(tmp: Path, mib: int) -> tuple[Path, Path]:
-    disk = tmp / "base.qcow2"
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "16M"], check=True)
-    log, api, snap = tmp / "base.log", tmp / "base.api", tmp / "base.snap"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(vmm_argv(["--kernel", str(GUEST), "--memory", f"{mib}M", "--disk", f"{disk},format=qcow2",
-                                          "--vsock", f"cid=3,uds={tmp / 'base.vsock'}", "--api-sock", str(api)]),
-                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 30
-        while b"waiting for identity" not in log.read_bytes():
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise SystemExit(f"the guest did not start: {log.read_text(errors='replace')[-400:]}")
-            time.sleep(0.02)
-        time.sleep(0.3)
-        VmmClient(str(api)).snapshot(str(snap), resume=False)
-    finally:
-        proc.kill()
-        proc.wait()
-    return snap, disk
+        return identity_snapshot(tmp, mib=mib)
+    except TestkitError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 def latency(server: CloneServer, tmp: Path, disk: Path, n: int, pids: list[int],

@@ -18,10 +18,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from vnix.testkit.runner import TESTKIT_DIR, build
-from vnix.vmm.api.client import VmmClient
+from vnix.testkit.snapshots import IDENTITY_PORT, identity_snapshot
 from vnix.vmm.clone import CloneServer, CloneSpec, send_identity
-from vnix.vmm.launch import vmm_argv
 
 pytestmark = [
     pytest.mark.kvm,
@@ -30,8 +28,7 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("qemu-img") is None, reason="needs qemu-img"),
 ]
 
-GUEST = TESTKIT_DIR / "build" / "clone_identity.elf"
-PORT = 5000
+PORT = IDENTITY_PORT
 N = 10
 
 
@@ -47,24 +44,7 @@ def wait_file_text(path: Path, text: str, timeout: float = 20) -> str:
 
 def make_snapshot(tmp: Path) -> tuple[Path, Path]:
     """Boot the guest, snapshot it asleep in its wait, stop it: (snapshot, its disk)."""
-    if not GUEST.is_file():
-        build()
-    disk = tmp / "base.qcow2"
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "16M"], check=True)
-    log, api, snap = tmp / "base.log", tmp / "base.api", tmp / "base.snap"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(vmm_argv(["--kernel", str(GUEST), "--memory", "32M",
-                                          "--disk", f"{disk},format=qcow2", "--net", "tap,name=vnxcl0,mac=52:54:00:c1:00:00",
-                                          "--vsock", f"cid=3,uds={tmp / 'base.vsock'}", "--api-sock", str(api)]),
-                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    try:
-        wait_file_text(log, f"waiting for identity on port {PORT}")
-        time.sleep(0.3)  # into its hlt
-        VmmClient(str(api)).snapshot(str(snap), resume=False)
-    finally:
-        proc.kill()
-        proc.wait()
-    return snap, disk
+    return identity_snapshot(tmp, tap="vnxcl0", mac="52:54:00:c1:00:00")
 
 
 @pytest.mark.parametrize("prefork", [2, 0])

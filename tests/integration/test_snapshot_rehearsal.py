@@ -9,17 +9,13 @@ from __future__ import annotations
 import gc
 import os
 import shutil
-import subprocess
 import tempfile
 import threading
-import time
 from pathlib import Path
 
 import pytest
 
-from vnix.testkit.runner import TESTKIT_DIR, build
-from vnix.vmm.api.client import VmmClient
-from vnix.vmm.launch import vmm_argv
+from vnix.testkit.snapshots import identity_snapshot
 
 pytestmark = [
     pytest.mark.kvm,
@@ -28,33 +24,12 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("qemu-img") is None, reason="needs qemu-img"),
 ]
 
-GUEST = TESTKIT_DIR / "build" / "clone_identity.elf"
 TAP = "vnxrh0"
 
 
 def snapshot_with_every_backend(tmp: Path) -> tuple[Path, Path]:
     """The clone_identity guest with a qcow2 disk, a NIC on a tap and vsock, snapshotted asleep."""
-    if not GUEST.is_file():
-        build()
-    disk = tmp / "base.qcow2"
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "16M"], check=True)
-    log, api, snap = tmp / "base.log", tmp / "base.api", tmp / "base.snap"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(vmm_argv(["--kernel", str(GUEST), "--memory", "32M", "--disk", f"{disk},format=qcow2",
-                                          "--net", f"tap,name={TAP},mac=52:54:00:e4:00:00",
-                                          "--vsock", f"cid=3,uds={tmp / 'base.vsock'}", "--api-sock", str(api)]),
-                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 20
-        while b"waiting for identity" not in log.read_bytes():
-            assert time.monotonic() < deadline and proc.poll() is None, log.read_text(errors="replace")[-500:]
-            time.sleep(0.02)
-        time.sleep(0.3)
-        VmmClient(str(api)).snapshot(str(snap), resume=False)
-    finally:
-        proc.kill()
-        proc.wait()
-    return snap, disk
+    return identity_snapshot(tmp, tap=TAP, mac="52:54:00:e4:00:00")
 
 
 def open_fds() -> dict[int, str]:
