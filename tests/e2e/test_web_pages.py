@@ -24,7 +24,7 @@ from vnix.cluster.manager import Manager, ManagerConfig
 from vnix.cluster.metrics import Sample
 from vnix.cluster.ops_admin import RegisterHost
 from vnix.cluster.store import Store, sqlite_url
-from vnix.cluster.tables import Job, Setting, utcnow
+from vnix.cluster.tables import Job, utcnow
 from vnix.cluster.testing import ADMIN_PASSWORD, AGENT_TOKEN, FakeAgents, fake_manager, image_files
 from vnix.cluster.vcluster import parse_cluster
 from vnix.cluster.vcluster.testlab import free_port
@@ -304,7 +304,7 @@ def test_console_proxy_relays_and_checks_roles(tmp_path: Path) -> None:
                     seen += ws.receive_bytes()
             out = client.call("console", name="c1").lines
             assert not any("rm -rf" in line for line in out)  # the guest's input never arrived
-            for path, code in ((f"/api/v1/vms/c1/console/ws", 4401),
+            for path, code in (("/api/v1/vms/c1/console/ws", 4401),
                                (f"/api/v1/vms/nope/console/ws?token={tok}", 4404),
                                (f"/api/v1/vms/c1/vnc/ws?token={gtok}", 4403)):
                 with pytest.raises(WebSocketDisconnect) as exc:

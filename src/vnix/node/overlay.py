@@ -33,7 +33,6 @@ import json
 import os
 import threading
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 from fastapi import APIRouter, Response
 from pydantic import BaseModel, ConfigDict, Field

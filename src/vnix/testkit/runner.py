@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import selectors
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path

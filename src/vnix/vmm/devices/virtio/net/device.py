@@ -150,7 +150,7 @@ class VirtioNet(VirtioDevice):
             self.guarded(self._receive)
 
     def _receive(self) -> None:
-        q, delivered = self.queues[RX], 0
+        delivered = 0
         while delivered < QUEUE_SIZE:  # then let the thread breathe; epoll calls again
             if self.pending is None:
                 n = self.backend.readv([self.rxbuf])
