@@ -109,6 +109,9 @@ TABLE: list[tuple[str, str, object, tuple[int, int, int]]] = [
     ("GET", "/api/v1/images", None, (200, 200, 200)),
     ("POST", "/api/v1/images?wait=10", {"image": {"name": "tiny", "tiny": True}},
      (403, 403, 200)),
+    ("GET", "/api/v1/snapshots", None, (200, 200, 200)),
+    ("POST", "/api/v1/snapshots", {"name": "g1"}, (403, 403, 409)),  # h1: no native driver
+    ("DELETE", "/api/v1/snapshots/g1", None, (403, 403, 404)),
     ("POST", "/api/v1/hosts/join-token", None, (403, 403, 200)),
     ("POST", "/api/v1/hosts", {"name": "h9", "url": "http://h9.test", "token": "t"},
      (403, 403, 400)),

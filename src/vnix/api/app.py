@@ -16,7 +16,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from vnix.api import clusters, consoles, routes_admin, routes_jobs, routes_vms
+from vnix.api import clusters, consoles, routes_admin, routes_jobs, routes_snapshots, routes_vms
 from vnix.api.models import ErrorOut
 from vnix.cluster.errors import Unauthorized, http_status
 from vnix.cluster.manager import Manager
@@ -58,6 +58,7 @@ def create_api(manager: Manager, own_manager: bool = True) -> FastAPI:
 
     api.include_router(routes_admin.router)
     api.include_router(routes_vms.router)
+    api.include_router(routes_snapshots.router)  # golden snapshots on the hosts
     api.include_router(routes_jobs.router)
     api.include_router(clusters.router)  # virtual clusters (XML) and saved profiles
     api.include_router(clusters.profiles_router)

@@ -152,3 +152,34 @@ class SamplesOut(BaseModel):
     name: str
     metric: str
     points: list[tuple[datetime, float]]
+
+
+class SnapshotOut(BaseModel):
+    """One golden snapshot on one host (a name may be held by several hosts)."""
+
+    host: str
+    name: str
+    image: str
+    memory_mib: int
+    cpus: int
+    size: int
+    created: datetime
+    clones: int = Field(description="how many VMs on the host are clones of it")
+    used_by: list[str] = Field(description="the clones you may see (all, for admins and "
+                               "guests)")
+    vsock: bool
+    identity: bool = Field(description="its clones are told their name and address over "
+                           "vsock")
+    boot_s: float
+    save_s: float
+
+
+class SilentHost(BaseModel):
+    host: str
+    error: str
+
+
+class SnapshotsOut(BaseModel):
+    snapshots: list[SnapshotOut]
+    unanswered: list[SilentHost] = Field(description="hosts that are down or whose agent did "
+                                         "not answer: their snapshots are not in the list")

@@ -34,7 +34,7 @@ def version() -> None:
 def _register() -> None:
     # Each module adds its commands to ``app``; the list is the CLI's table of contents.
     from vnix.cli import agent, cluster, host, image, run  # noqa: F401
-    from vnix.cli import job, manager, node, up, user, vm  # noqa: F401  (the manager's CLI)
+    from vnix.cli import job, manager, node, snapshot, up, user, vm  # noqa: F401  (manager's CLI)
     from vnix.cli import vmm  # noqa: F401  (one native VMM's control API)
 
 

@@ -52,7 +52,7 @@ class ManagerConfig(BaseModel):
 class Manager:
     def __init__(self, store: Store, config: ManagerConfig | None = None,
                  http_factory: Callable[[str], httpx.Client] | None = None) -> None:
-        from vnix.cluster import ops_admin, ops_vm  # noqa: F401  (register the operations)
+        from vnix.cluster import ops_admin, ops_snapshot, ops_vm  # noqa: F401  (register the ops)
         from vnix.cluster.monitor import Monitor
 
         self.store = store
