@@ -1,6 +1,7 @@
-"""`vnix vm create NAME --snapshot GOLD` as a user runs it: a manager and an agent (native
-and fake drivers) as processes, the test kit's idle guest as the image, a golden snapshot made
-on the agent; the VM is a clone, and every bad request is one line with status 2."""
+"""`vnix snapshot create|list|delete` and `vnix vm create NAME --snapshot GOLD` as a user runs
+them: a manager and an agent (native and fake drivers) as processes, the test kit's idle guest
+as the image, a golden snapshot made through the manager; the VM is a clone, and every bad
+request is one line with status 2."""
 from __future__ import annotations
 
 import os
@@ -70,9 +71,29 @@ def test_vm_create_from_a_snapshot(lab: tuple[Cli, httpx.Client, Path]) -> None:
     c.ok("image", "import", "idle", "--kernel", str(GUEST))
     assert "no snapshot 'gold' on any host (known: none)" in c.fails(
         2, "vm", "create", "s1", "--snapshot", "gold")
-    r = agent.post("/snapshots", json={"name": "gold", "image": "idle", "memory": "32M",
-                                       "vsock": False})
-    assert r.status_code == 201, r.text
+    assert "(no golden snapshots)" in c.run("snapshot", "list").stderr
+    for args, text in [
+        (("gold", "--image", "nope"), "no image 'nope' on any host (known: idle)"),
+        (("Gold!", "--image", "idle"), "name: String should match pattern"),
+        (("gold", "--image", "idle", "--memory", "1M"), "memory 1M is too small"),
+        (("gold", "--image", "idle", "--host", "n2"), "no host 'n2'"),
+        (("gold", "--image", "idle", "--memory", "1T"),
+         "no host can make snapshot 'gold' (1048576 MiB, 1 vCPU): n1 has"),
+    ]:
+        assert text in c.fails(2, "snapshot", "create", *args), args
+    out = c.ok("snapshot", "create", "gold", "--image", "idle", "--memory", "32M", "--no-vsock")
+    assert "gold: made on n1" in out and "snapshot gold of idle in" in out, out
+    assert "snapshot 'gold' exists already on n1 (image idle, 32 MiB, 1 vCPU)" in c.fails(
+        2, "snapshot", "create", "gold", "--image", "idle")
+    listed = c.json("snapshot", "list")
+    assert listed["unanswered"] == []
+    (g,) = listed["snapshots"]
+    assert (g["host"], g["name"], g["image"], g["memory_mib"], g["cpus"], g["clones"]) == (
+        "n1", "gold", "idle", 32, 1, 0)
+    assert g["size"] > 0
+    table = c.ok("snapshot", "list")
+    assert "gold" in table and "n1" in table and "idle" in table and "32M" in table, table
+    assert agent.get("/snapshots/gold").json()["memory_mib"] == 32  # made on the agent
 
     out = c.ok("vm", "create", "s1", "--snapshot", "gold")
     assert "s1: created on n1" in out
@@ -85,6 +106,9 @@ def test_vm_create_from_a_snapshot(lab: tuple[Cli, httpx.Client, Path]) -> None:
     assert "s2: created on n1" in c.ok("vm", "create", "s2", "--snapshot", "gold", "--image",
                                        "idle", "--memory", "32M")
     assert sorted(agent.get("/snapshots/gold").json()["used_by"]) == ["s1", "s2"]
+    (g,) = c.json("snapshot", "list")["snapshots"]
+    assert (g["clones"], g["used_by"]) == (2, ["s1", "s2"])
+    assert "s1,s2" in c.ok("snapshot", "list")
 
     for args, text in [
         (("--snapshot", "nope"), "no snapshot 'nope' on any host (known: gold)"),
@@ -103,6 +127,14 @@ def test_vm_create_from_a_snapshot(lab: tuple[Cli, httpx.Client, Path]) -> None:
     assert "no image 'tiny'" in c.fails(2, "vm", "create", "x")
     assert "x: created on n1" in c.ok("vm", "create", "x", "--image", "idle", "--memory", "64M",
                                       "--driver", "fake")
+    # deleting the snapshot is refused while its clones exist, accepted afterwards
+    assert "snapshot 'gold' is used by VM(s) s1, s2 on n1: delete those VMs first" in c.fails(
+        2, "snapshot", "delete", "gold")
     c.ok("vm", "delete", "s1", "s2", "x")
-    r = agent.delete("/snapshots/gold")
-    assert r.status_code == 204, r.text
+    assert "no host 'n2'" in c.fails(2, "snapshot", "delete", "gold", "--host", "n2")
+    assert "bad snapshot name 'Gold!'" in c.fails(2, "snapshot", "delete", "Gold!")
+    assert "snapshot gold deleted" in c.ok("snapshot", "delete", "gold")
+    assert agent.get("/snapshots/gold").status_code == 404
+    assert c.json("snapshot", "list") == {"snapshots": [], "unanswered": []}
+    assert "no snapshot 'gold' on any host (known: none)" in c.fails(2, "snapshot", "delete",
+                                                                    "gold")
