@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 export VNIX_HOME ?= $(HOME)/.local/share/vnix
 
-.PHONY: all deps venv web testkit image demo test test-fast test-slow bench clean
+.PHONY: all deps venv web testkit image demo lint test test-fast test-slow bench clean
 
 all: venv testkit
 
@@ -54,7 +54,10 @@ demo: venv web testkit image
 	@echo "consoles: vnix vm console hpc-head-0 (or the dashboard above); cluster: vnix cluster show hpc"
 	@echo "stop: vnix cluster delete hpc; vnix down"
 
-test: venv web testkit image
+lint: venv
+	$(BIN)/ruff check -q src tests benchmarks
+
+test: venv web testkit image lint
 	$(BIN)/pytest -m "not slow" -q
 
 test-slow: venv testkit image

@@ -14,7 +14,6 @@ import typer
 from vnix.cli.client import (
     ApiClient,
     ClientConfig,
-    err_console,
     mib,
     print_json,
     print_table,
