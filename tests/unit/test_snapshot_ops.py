@@ -2,15 +2,13 @@
 in-process fake agents.
 
 h1 runs the fake driver only; h2 and h3 also the native one. Making a snapshot boots a template
-VM on KVM, so the agents' ``GoldenStore._create`` is replaced by a stand-in that writes the
-record as the real one does (tests/e2e/test_cli_vm_snapshot.py makes real ones); clones go
-through the stand-in of tests/unit/test_vm_from_snapshot.py.
+VM on KVM, so the agents make them with vnix.cluster.testing.FakeGolden, which writes the record
+as the real one does (tests/e2e/test_cli_vm_snapshot.py makes real ones) and makes clones on
+the fake driver.
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
-from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -24,67 +22,28 @@ from vnix.cluster.ops_admin import CreateUser
 from vnix.cluster.ops_snapshot import CreateSnapshot, DeleteSnapshot
 from vnix.cluster.ops_vm import CreateVm, DeleteVm
 from vnix.cluster.tables import Host, Job
-from vnix.cluster.testing import ADMIN_PASSWORD, AGENT_TOKEN, FakeAgents, fake_manager
-from vnix.node.app import create_app
-from vnix.node.models import CreateVm as AgentCreateVm
-from vnix.node.models import VmOut
-from vnix.node.snapshots import GoldenRecord, GoldenStore
-from vnix.node.vms import VmService
+from vnix.cluster.testing import ADMIN_PASSWORD, FakeAgents, FakeGolden, fake_manager
 
 ADMIN = Actor("admin", Role.ADMIN)
 BOB = Actor("bob", Role.USER)
 
 
 @pytest.fixture
-def made(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str, str, int, int, bool]]:
+def made() -> Iterator[list[tuple[str, str, str, int, int, bool]]]:
     """The snapshots the agents made: (host, name, image, MiB, vCPUs, vsock)."""
-    seen: list[tuple[str, str, str, int, int, bool]] = []
-
-    def _create(self: GoldenStore, name: str, image: str, memory_mib: int, cpus: int,
-                ready: str | None, vsock: bool, timeout: float = 60.0) -> GoldenRecord:
-        self.images.get(image)  # the agent's own check
-        d = self._dir(name)
-        d.mkdir(parents=True)
-        (d / "golden.snap").write_bytes(b"\0" * 4096)
-        rec = GoldenRecord(name=name, image=image, memory_mib=memory_mib, cpus=cpus,
-                           cmdline="console=ttyS0", ready=ready or "tick 1", vsock=vsock,
-                           identity_port=None, disk=None, path=str(d / "golden.snap"),
-                           size=4096, created=1.7e9, boot_s=0.5, save_s=0.05)
-        (d / "golden.json").write_text(json.dumps(asdict(rec)))
-        seen.append((self.root.parent.name, name, image, memory_mib, cpus, vsock))
-        return rec
-
-    monkeypatch.setattr(GoldenStore, "_create", _create)
-    return seen
+    with FakeGolden() as fake:
+        yield fake.made
 
 
 @pytest.fixture
-def cloned(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A clone is made on the fake driver; the agent counts it among the snapshot's users
-    while it exists (the real agent reads the clone's run dir)."""
-    clones: dict[tuple[str, str], set[str]] = {}
-
-    def clone(self: VmService, req: AgentCreateVm) -> VmOut:
-        gold = self.snapshots.get(req.snapshot or "")
-        out = self.create(req.model_copy(update={"snapshot": None, "driver": "fake",
-                                                 "memory": f"{gold.memory_mib}M"}))
-        clones.setdefault((str(self.data_dir), gold.name), set()).add(req.name)
-        return out
-
-    def snapshot_users(self: VmService, snapshot: str) -> list[str]:
-        return sorted(clones.get((str(self.data_dir), snapshot), set()) & set(self.names()))
-
-    monkeypatch.setattr(VmService, "clone", clone)
-    monkeypatch.setattr(VmService, "snapshot_users", snapshot_users)
+def cloned(made: list) -> None:
+    """A clone is made on the fake driver (FakeGolden, entered by ``made``); the agent counts
+    it among the snapshot's users while it exists."""
 
 
 @pytest.fixture
 def agents(tmp_path: Path) -> FakeAgents:
-    agents = FakeAgents(tmp_path / "agents", ["h1", "h2", "h3"])
-    for host in ("h2", "h3"):
-        app = create_app(agents.root / host, AGENT_TOKEN, ["fake", "native"], "fake",
-                         reconcile=False)
-        agents.clients[host] = TestClient(app, base_url=agents.url(host))
+    agents = FakeAgents(tmp_path / "agents", ["h1", "h2", "h3"], native=["h2", "h3"])
     kernel = agents.root / "files" / "bzImage"
     r = agents.clients["h2"].post("/images", headers=agents.auth, json={
         "name": "idle", "kernel": str(kernel)})  # idle only on h2
