@@ -9,6 +9,7 @@ import re
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 
@@ -24,8 +25,15 @@ from vnix.cluster.manager import Manager, ManagerConfig
 from vnix.cluster.metrics import Sample
 from vnix.cluster.ops_admin import RegisterHost
 from vnix.cluster.store import Store, sqlite_url
-from vnix.cluster.tables import Job, utcnow
-from vnix.cluster.testing import ADMIN_PASSWORD, AGENT_TOKEN, FakeAgents, fake_manager, image_files
+from vnix.cluster.tables import Job, Vm, utcnow
+from vnix.cluster.testing import (
+    ADMIN_PASSWORD,
+    AGENT_TOKEN,
+    FakeAgents,
+    FakeGolden,
+    fake_manager,
+    image_files,
+)
 from vnix.cluster.vcluster import parse_cluster
 from vnix.cluster.vcluster.testlab import free_port
 
@@ -67,10 +75,10 @@ class Browser:
         raise AssertionError(f"job {job.group(1)} did not end")
 
 
-@pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object]]:
-    tmp = tmp_path_factory.mktemp("web-pages")
-    agents = FakeAgents(tmp / "agents", ["h1", "h2"])
+@contextmanager
+def serve(tmp: Path, agents: FakeAgents) -> Iterator[dict[str, object]]:
+    """The manager's app over ``agents``, with bob (user) and gus (guest), and a logged-in
+    Browser for each of admin, bob and gus."""
     manager = fake_manager(tmp, agents)
     app = create_api(manager)
     with TestClient(app) as admin_api:
@@ -80,10 +88,17 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object]
         for name, role in (("bob", "user"), ("gus", "guest")):
             assert admin_api.post("/api/v1/users", headers=h, json={
                 "name": name, "password": f"{name}-password", "role": role}).status_code == 201
-        yield {"app": app, "manager": manager, "api": admin_api, "h": h,
+        yield {"app": app, "manager": manager, "api": admin_api, "h": h, "agents": agents,
                "admin": Browser(app, "admin", ADMIN_PASSWORD),
                "bob": Browser(app, "bob", "bob-password"),
                "gus": Browser(app, "gus", "gus-password")}
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object]]:
+    tmp = tmp_path_factory.mktemp("web-pages")
+    with serve(tmp, FakeAgents(tmp / "agents", ["h1", "h2"])) as s:
+        yield s
 
 
 def test_pages_need_a_session_and_login_sets_a_strict_cookie(site: dict) -> None:
@@ -251,6 +266,184 @@ def test_rates_of_counters_skip_restarts() -> None:
     pts = [(t, 10.0), (t + timedelta(seconds=2), 11.0), (t + timedelta(seconds=4), 0.5),
            (t + timedelta(seconds=6), 1.5)]
     assert [v for _, v in metrics.rates(pts, 100.0)] == [50.0, 50.0]
+
+
+# -- golden snapshots: h1 has the fake driver only, h2 and h3 also the native one -------------------
+@pytest.fixture(scope="module")
+def snap_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object]]:
+    """A site whose agents make golden snapshots and clones with FakeGolden (no KVM)."""
+    tmp = tmp_path_factory.mktemp("web-snapshots")
+    agents = FakeAgents(tmp / "agents", ["h1", "h2", "h3"], native=["h2", "h3"])
+    with FakeGolden(delay=0.3) as golden, serve(tmp, agents) as s:
+        yield s | {"golden": golden}
+
+
+def make_snapshot(who: Browser, **form: str) -> str:
+    """Make one through the page's form; the job's final state."""
+    r = who.post("/ui/snapshots", data={"image": "tiny", "memory": "64M", "cpus": "1"} | form)
+    assert r.status_code == 200 and f"create snapshot snapshot/{form['name']}" in r.text, r.text
+    return who.wait_job(r.text)
+
+
+def rows(html: str) -> list[tuple[str, str]]:
+    """(host, snapshot) of each row of the snapshots table."""
+    return [(h, n) for n, h in re.findall(r'data-snapshot="([^"]+)" data-host="([^"]+)"', html)]
+
+
+def test_snapshots_page_lists_them_and_the_hosts_that_did_not_answer(snap_site: dict) -> None:
+    admin, agents = snap_site["admin"], snap_site["agents"]
+    assert make_snapshot(admin, name="listed", host="h2") == "succeeded"
+    for who in ("admin", "bob", "gus"):
+        page = snap_site[who].c.get("/snapshots")
+        assert page.status_code == 200 and '<a href="/snapshots">Snapshots</a>' in page.text
+        assert ("h2", "listed") in rows(page.text), who
+        row = page.text[page.text.index('data-snapshot="listed"'):]
+        row = row[:row.index("</tr>")]
+        for text in ("<td>tiny</td>", "64 MiB", "<td>1</td>", "4.0 KiB", "2023-11-14 22:13 UTC",
+                     'data-clones="0"'):
+            assert text in row, (who, text, row)
+        assert "data-unanswered" not in page.text
+    agents.down.add("h3")
+    try:
+        frag = snap_site["bob"].c.get("/ui/snapshots").text
+        warning = re.search(r'<div class="alert warning" data-unanswered="h3">(.*?)</div>',
+                            frag, re.S)
+        assert warning is not None and "connection refused" in warning.group(1), frag
+        assert ("h2", "listed") in rows(frag)  # the hosts that answered are still listed
+    finally:
+        agents.down.discard("h3")
+
+
+def test_admin_makes_a_snapshot_watching_its_job_and_deletes_it(snap_site: dict) -> None:
+    admin = snap_site["admin"]
+    page = admin.c.get("/snapshots").text
+    form = page[page.index('<form id="create-snapshot"'):]
+    form = form[:form.index("</form>")]
+    assert "<option selected>tiny</option>" in form
+    assert all(f'<option value="{h}">{h}</option>' in form for h in ("h1", "h2", "h3"))
+    assert '<option value="all">all (every host that can)</option>' in form
+    r = admin.post("/ui/snapshots", data={"name": "watched", "image": "tiny", "memory": "64M",
+                                          "cpus": "1", "host": "all"})
+    assert r.status_code == 200, r.text
+    job_id = re.search(r'data-job="(\d+)"', r.text).group(1)  # type: ignore[union-attr]
+    # the live fragment: polled every second until the job ends, then it fires the event on
+    # which the snapshots table reloads
+    assert f'hx-get="/ui/jobs/{job_id}" hx-trigger="every 1s"' in r.text
+    assert "hx-trigger" not in {k.lower() for k in r.headers}
+    assert admin.wait_job(r.text) == "succeeded"
+    done = admin.c.get(f"/ui/jobs/{job_id}")
+    assert 'data-state="succeeded"' in done.text and done.headers["hx-trigger"] == "vnix-job-done"
+    assert "every 1s" not in done.text
+    assert 'hx-trigger="every 10s, vnix-job-done from:body"' in admin.c.get("/snapshots").text
+    table = admin.c.get("/ui/snapshots").text
+    assert {("h2", "watched"), ("h3", "watched")} <= set(rows(table))  # h1: no native driver
+    # delete the one on h3 (the row's host); h2 keeps its own
+    r = admin.post("/ui/snapshots/watched/delete", data={"host": "h3"})
+    assert r.status_code == 200 and 'data-state="succeeded"' in r.text, r.text
+    assert r.headers["hx-trigger"] == "vnix-job-done"  # inline: done at once, the table reloads
+    after = set(rows(admin.c.get("/ui/snapshots").text))
+    assert ("h2", "watched") in after and ("h3", "watched") not in after
+    r = admin.post("/ui/snapshots/watched/delete", data={"host": "h3"})
+    assert r.status_code == 404 and 'role="alert"' in r.text
+    assert "no snapshot &#39;watched&#39; on host h3" in r.text
+    # refusals of the create form are its error line, with the manager's status
+    for form_data, status, text in [
+        ({"name": "watched"}, 409, "exists already on h2"),
+        ({"name": "g2", "image": "nope"}, 404, "no image &#39;nope&#39; on any host"),
+        ({"name": "g2", "host": "h1"}, 409, "its agent has no native driver"),
+        ({"name": "Bad Name"}, 400, "name: String should match"),
+        ({"name": "g2", "memory": "1M"}, 400, "too small"),
+    ]:
+        r = admin.post("/ui/snapshots", data={"image": "tiny", "memory": "64M"} | form_data)
+        assert r.status_code == status and 'role="alert"' in r.text, (form_data, r.text)
+        assert text in r.text, (form_data, r.text)
+
+
+def test_delete_is_refused_while_a_clone_uses_it(snap_site: dict) -> None:
+    admin, bob, gus = snap_site["admin"], snap_site["bob"], snap_site["gus"]
+    assert make_snapshot(admin, name="used", host="h3") == "succeeded"
+    assert admin.wait_job(admin.post("/ui/vms", data={"name": "adm-clone",
+                                                      "snapshot": "used"}).text) == "succeeded"
+    assert bob.wait_job(bob.post("/ui/vms", data={"name": "bob-clone",
+                                                  "snapshot": "used"}).text) == "succeeded"
+    r = admin.post("/ui/snapshots/used/delete", data={"host": "h3"})
+    assert r.status_code == 409, r.text
+    assert re.sub(r"\s+", " ", r.text).strip() == (
+        '<div class="job error" role="alert">snapshot &#39;used&#39; is used by VM(s) adm-clone, '
+        "bob-clone on h3: delete those VMs first</div>")
+    # the clones: links to the VMs each may see (a user: their own), and how many there are
+    def clones(who: Browser) -> str:
+        frag = who.c.get("/ui/snapshots").text
+        cell = re.search(r'data-snapshot="used" data-host="h3">.*?<td class="clones" '
+                         r'data-clones="(\d+)">(.*?)</td>', frag, re.S)
+        assert cell is not None, frag
+        assert cell.group(1) == "2"
+        return re.sub(r"\s+", " ", cell.group(2)).strip()
+    both = '2: <a href="/vms/adm-clone">adm-clone</a>, <a href="/vms/bob-clone">bob-clone</a>'
+    assert clones(admin) == both and clones(gus) == both
+    assert clones(bob) == ('2: <a href="/vms/bob-clone">bob-clone</a> '
+                           '<span class="muted">(1 not yours)</span>')
+    for who, vm in ((admin, "adm-clone"), (bob, "bob-clone")):
+        assert who.wait_job(who.post(f"/ui/vms/{vm}/delete").text) == "succeeded"
+    r = admin.post("/ui/snapshots/used/delete", data={"host": "h3"})
+    assert r.status_code == 200 and 'data-state="succeeded"' in r.text, r.text
+    assert ("h3", "used") not in rows(admin.c.get("/ui/snapshots").text)
+
+
+def test_a_user_or_guest_has_no_snapshot_controls_and_is_refused(snap_site: dict) -> None:
+    admin = snap_site["admin"]
+    assert make_snapshot(admin, name="kept", host="h2") == "succeeded"
+    assert 'id="create-snapshot"' in admin.c.get("/snapshots").text
+    assert "/ui/snapshots/kept/delete" in admin.c.get("/snapshots").text
+    for name in ("bob", "gus"):
+        who = snap_site[name]
+        page = who.c.get("/snapshots").text
+        assert ("h2", "kept") in rows(page)
+        assert "hx-post" not in page and 'id="create-snapshot"' not in page, name
+        r = who.post("/ui/snapshots", data={"name": "mine", "image": "tiny", "memory": "64M"})
+        assert r.status_code == 403, (name, r.text)
+        assert f"&#39;{name}&#39; may not create golden snapshot mine" in r.text
+        r = who.post("/ui/snapshots/kept/delete", data={"host": "h2"})
+        assert r.status_code == 403, (name, r.text)
+        assert f"&#39;{name}&#39; may not delete golden snapshot kept" in r.text
+    assert ("h2", "kept") in rows(admin.c.get("/ui/snapshots").text)
+    assert not any(m[1] == "mine" for m in snap_site["golden"].made)
+
+
+def test_vm_form_from_a_snapshot(snap_site: dict) -> None:
+    admin, bob, manager = snap_site["admin"], snap_site["bob"], snap_site["manager"]
+    assert make_snapshot(admin, name="form", host="h2", memory="96M", cpus="2") == "succeeded"
+    overview = bob.c.get("/").text
+    assert ('<select name="snapshot" hx-get="/ui/snapshot-choices" hx-trigger="load"'
+            in overview)
+    choices = bob.c.get("/ui/snapshot-choices").text
+    assert '<option value="">none: boot the image</option>' in choices
+    assert ('<option value="form" data-image="tiny" data-memory="96M" data-cpus="2">'
+            'form (tiny, 96 MiB, 2 vCPU)</option>') in choices
+    assert "snapshot-choices" not in snap_site["gus"].c.get("/").text  # no create form
+    # the machine is the snapshot's, whatever image/memory/cpus the form still sent
+    r = bob.post("/ui/vms", data={"name": "from-form", "snapshot": "form", "image": "tiny",
+                                  "memory": "256M", "cpus": "1"})
+    assert r.status_code == 200 and "create vm vm/from-form" in r.text, r.text
+    assert bob.wait_job(r.text) == "succeeded"
+    with manager.store.session() as s:
+        vm = s.get(Vm, "from-form")
+        assert (vm.owner, vm.host, vm.memory_mib, vm.cpus, vm.image) == ("bob", "h2", 96, 2,
+                                                                         "tiny")
+        assert vm.spec["driver"] == "native"
+    # the manager's refusals are the form's error line, never a 500
+    for form_data, status, text in [
+        ({"name": "x-nope", "snapshot": "nope"}, 404,
+         "no snapshot &#39;nope&#39; on any host (known: "),
+        ({"name": "x-bad", "snapshot": "Bad!"}, 400, "snapshot: String should match"),
+        ({"name": "from-form", "snapshot": "form"}, 409, "exists already"),
+        ({"name": "x-drv", "snapshot": "form", "driver": "fake"}, 400,
+         "makes clones on the native driver, not &#39;fake&#39;"),
+    ]:
+        r = bob.post("/ui/vms", data=form_data)
+        assert r.status_code == status and 'role="alert"' in r.text, (form_data, r.text)
+        assert text in r.text, (form_data, r.text)
+    assert bob.wait_job(bob.post("/ui/vms/from-form/delete").text) == "succeeded"
 
 
 # -- the console proxy, over real sockets ----------------------------------------------------------

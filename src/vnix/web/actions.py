@@ -18,6 +18,7 @@ from vnix.cluster.auth import Actor
 from vnix.cluster.errors import BadRequest, Unauthorized, http_status
 from vnix.cluster.operations import Operation
 from vnix.cluster.ops_admin import CreateUser, DeleteUser, SetQuota
+from vnix.cluster.ops_snapshot import CreateSnapshot, DeleteSnapshot
 from vnix.cluster.ops_vm import (
     CreateVm,
     DeleteVm,
@@ -37,7 +38,7 @@ from vnix.cluster.vcluster.ops import (
 )
 from vnix.cluster.vcluster.xmlio import MAX_BYTES
 from vnix.errors import VnixError
-from vnix.web.pages import render
+from vnix.web.pages import job_fragment_of, render
 from vnix.web.session import COOKIE, action_actor, manager_of, page_actor, token_of
 
 router = APIRouter(include_in_schema=False)
@@ -59,7 +60,7 @@ def _submit(request: Request, actor: Actor, op: Operation | None = None,
     except VnixError as exc:
         return render(request, "_error.html", actor, status=http_status(exc), error=str(exc))
     with manager.store.session() as s:
-        return render(request, "_job.html", actor, job=s.get(Job, job_id))
+        return job_fragment_of(request, actor, s.get(Job, job_id))
 
 
 def _op(build: Any) -> tuple[Operation | None, VnixError | None]:
@@ -108,9 +109,16 @@ def logout(request: Request, actor: Actor = ACT) -> Response:
 @router.post("/ui/vms", response_class=HTMLResponse)
 def create_vm(request: Request, actor: Actor = ACT, name: str = Form(...),
               image: str = Form("tiny"), memory: str = Form("256M"), cpus: int = Form(1),
-              driver: str = Form("")) -> HTMLResponse:
-    op, err = _op(lambda: CreateVm(name=name.strip(), image=image.strip(), memory=memory,
-                                   cpus=cpus, driver=driver or None))
+              driver: str = Form(""), snapshot: str = Form("")) -> HTMLResponse:
+    """A VM of an image, or (``snapshot``) a clone of a golden snapshot: then image, memory
+    and vCPUs are the snapshot's (the form disables those fields; sent anyway, they are left
+    out of the operation, which takes the snapshot's)."""
+    if snapshot.strip():
+        op, err = _op(lambda: CreateVm(name=name.strip(), snapshot=snapshot.strip(),
+                                       driver=driver or None))
+    else:
+        op, err = _op(lambda: CreateVm(name=name.strip(), image=image.strip(), memory=memory,
+                                       cpus=cpus, driver=driver or None))
     return _submit(request, actor, op, err)
 
 
@@ -125,6 +133,27 @@ def vm_action(request: Request, name: str, action: str, actor: Actor = ACT) -> H
     if action not in VM_OPS:
         return _submit(request, actor, error=BadRequest(f"no VM action {action!r}"))
     return _submit(request, actor, VM_OPS[action](name=name))  # type: ignore[call-arg]
+
+
+# -- golden snapshots (admins; the operations refuse anyone else) ------------------------------
+@router.post("/ui/snapshots", response_class=HTMLResponse)
+def create_snapshot(request: Request, actor: Actor = ACT, name: str = Form(...),
+                    image: str = Form("tiny"), memory: str = Form("256M"), cpus: int = Form(1),
+                    host: str = Form("")) -> HTMLResponse:
+    """Make a golden snapshot (a job) on the host the scheduler picks, ``host``, or ``all``."""
+    op, err = _op(lambda: CreateSnapshot(name=name.strip(), image=image.strip(),
+                                         memory=memory.strip(), cpus=cpus,
+                                         host=host.strip() or None))
+    return _submit(request, actor, op, err)
+
+
+@router.post("/ui/snapshots/{name}/delete", response_class=HTMLResponse)
+def delete_snapshot(request: Request, name: str, actor: Actor = ACT,
+                    host: str = Form("")) -> HTMLResponse:
+    """Delete it on ``host`` (a row of the table), or on every host holding it; refused while
+    clones use it (the manager's 409 names them)."""
+    op, err = _op(lambda: DeleteSnapshot(name=name, host=host.strip() or None))
+    return _submit(request, actor, op, err)
 
 
 # -- clusters -------------------------------------------------------------------------------
@@ -228,7 +257,7 @@ def cancel_job(request: Request, job_id: int, actor: Actor = ACT) -> HTMLRespons
     except VnixError as exc:
         return render(request, "_error.html", actor, status=http_status(exc), error=str(exc))
     with manager.store.session() as s:
-        return render(request, "_job.html", actor, job=s.get(Job, job_id))
+        return job_fragment_of(request, actor, s.get(Job, job_id))
 
 
 __all__ = ["router", "page_actor"]

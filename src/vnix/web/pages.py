@@ -1,5 +1,6 @@
-"""The dashboard's pages (GET): login, overview, host, VM, cluster, users; the live fragments
-htmx polls (overview tables, cluster nodes, a job's progress) and the graphs' data.
+"""The dashboard's pages (GET): login, overview, host, VM, cluster, golden snapshots, users; the
+live fragments htmx polls (overview tables, cluster nodes, snapshots, a job's progress) and the
+graphs' data.
 
 Every page authenticates the session cookie like the API authenticates a token
 (:mod:`vnix.web.session`) and shows only what the actor may see; action buttons are drawn
@@ -15,6 +16,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.templating import Jinja2Templates
 
+from vnix.api.models import SnapshotsOut
 from vnix.cluster import metrics
 from vnix.cluster.auth import Actor, Role
 from vnix.cluster.errors import Forbidden, NotFound
@@ -26,6 +28,8 @@ from vnix.web import views
 from vnix.web.session import COOKIE, csrf_of, manager_of, page_actor
 
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
+TEMPLATES.env.filters["size"] = views.size_text
+JOB_DONE = "vnix-job-done"  # the event a finished job's fragment fires (lists refresh on it)
 router = APIRouter(include_in_schema=False)
 PAGE = Depends(page_actor)
 WINDOWS = {"15m": 900, "1h": 3600, "6h": 21600, "24h": 86400}
@@ -41,6 +45,15 @@ def render(request: Request, template: str, actor: Actor | None, status: int = 2
             "can_act": actor is not None and actor.role.at_least(Role.USER),
             "is_admin": actor is not None and actor.is_admin}
     return TEMPLATES.TemplateResponse(request, template, base | context, status_code=status)
+
+
+def job_fragment_of(request: Request, actor: Actor, job: Job | None) -> HTMLResponse:
+    """A job's live fragment; once the job has ended it also fires ``vnix-job-done`` (htmx's
+    HX-Trigger), on which a page's lists refresh (the snapshots table)."""
+    out = render(request, "_job.html", actor, job=job)
+    if job is not None and job.state in ("succeeded", "failed", "cancelled"):
+        out.headers["HX-Trigger"] = JOB_DONE
+    return out
 
 
 @router.get("/login", response_class=HTMLResponse)
@@ -121,6 +134,38 @@ def cluster_export(request: Request, name: str, actor: Actor = PAGE) -> Response
                     headers={"Content-Disposition": f'attachment; filename="{name}.xml"'})
 
 
+# -- golden snapshots (the agents own them: asked as GET /api/v1/snapshots asks them) ----------
+def snapshot_listing(request: Request, actor: Actor) -> SnapshotsOut:
+    from vnix.api.routes_snapshots import list_snapshots
+
+    return list_snapshots(request, actor, host=None)
+
+
+@router.get("/snapshots", response_class=HTMLResponse)
+def snapshots_page(request: Request, actor: Actor = PAGE) -> HTMLResponse:
+    listing = snapshot_listing(request, actor)
+    with manager_of(request).store.session() as s:
+        images, hosts = views.image_names(s), views.host_names(s)
+    return render(request, "snapshots.html", actor, listing=listing, images=images,
+                  hosts=hosts)
+
+
+@router.get("/ui/snapshots", response_class=HTMLResponse)
+def snapshots_fragment(request: Request, actor: Actor = PAGE) -> HTMLResponse:
+    return render(request, "_snapshot_table.html", actor,
+                  listing=snapshot_listing(request, actor))
+
+
+@router.get("/ui/snapshot-choices", response_class=HTMLResponse)
+def snapshot_choices(request: Request, actor: Actor = PAGE) -> HTMLResponse:
+    """The VM create form's "from snapshot" options: each name once, with its machine."""
+    seen: dict[str, Any] = {}
+    for g in snapshot_listing(request, actor).snapshots:
+        seen.setdefault(g.name, g)
+    return render(request, "_snapshot_choices.html", actor,
+                  choices=sorted(seen.values(), key=lambda g: g.name))
+
+
 @router.get("/users", response_class=HTMLResponse)
 def users_page(request: Request, actor: Actor = PAGE) -> HTMLResponse:
     if not actor.is_admin:
@@ -135,7 +180,7 @@ def job_fragment(request: Request, job_id: int, actor: Actor = PAGE) -> HTMLResp
         job = s.get(Job, job_id)
         if job is None or not actor.may_see(job.owner):
             raise NotFound(f"no job {job_id}")
-        return render(request, "_job.html", actor, job=job)
+        return job_fragment_of(request, actor, job)
 
 
 @router.get("/ui/graph/{kind}/{name}/{metric}")

@@ -1,5 +1,6 @@
 """What each page shows, read from the store in a few queries (no agent is asked while a
-page renders: the collector keeps the store current).
+page renders: the collector keeps the store current; the golden snapshots are the exception,
+the agents own them and the snapshots page asks them as ``GET /api/v1/snapshots`` does).
 
 Each function returns plain typed rows for one page; the templates only lay them out.
 """
@@ -14,7 +15,7 @@ from sqlalchemy.orm import Session
 from vnix.cluster.auth import Actor, Role
 from vnix.cluster.manager import usage
 from vnix.cluster.metrics import figure
-from vnix.cluster.tables import Cluster, Host, Job, MetricSample, User, Vm, utcnow
+from vnix.cluster.tables import Cluster, Host, Image, Job, MetricSample, User, Vm, utcnow
 
 ACTIVE_JOBS = ("queued", "running")
 BAD_VM_STATES = frozenset({"crashed", "missing", "unknown"})
@@ -158,6 +159,25 @@ def graphs_of(s: Session, kind: str, name: str) -> list[tuple[str, str, str]]:
 
 def user_rows(s: Session) -> list[tuple[User, tuple[int, int, int]]]:
     return [(u, usage(s, u.name)) for u in s.scalars(select(User).order_by(User.name))]
+
+
+def image_names(s: Session) -> list[str]:
+    """The images some host has (a golden snapshot's image is one of them)."""
+    return sorted(set(s.scalars(select(Image.name).distinct())))
+
+
+def host_names(s: Session) -> list[str]:
+    return list(s.scalars(select(Host.name).order_by(Host.name)))
+
+
+def size_text(size: int) -> str:
+    """Bytes as a person reads them: 4.0 KiB, 12.5 MiB, 1.2 GiB."""
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError  # not reached
 
 
 def _utc(ts: datetime) -> datetime:

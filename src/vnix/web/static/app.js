@@ -1,4 +1,5 @@
-// vnix dashboard: graphs (uPlot) and the serial console (xterm.js). htmx does the rest.
+// vnix dashboard: graphs (uPlot), the serial console (xterm.js) and the VM form's snapshot
+// choice. htmx does the rest.
 "use strict";
 
 const GRAPH_REFRESH_MS = 5000;
@@ -81,6 +82,30 @@ function setupConsole(button) {
   button.addEventListener("click", () => { if (ws) ws.close(); connect(); });
   button.disabled = false;
 }
+
+// -- the VM create form: "from snapshot" makes image, memory and vCPUs the snapshot's ---------
+const MACHINE_FIELDS = ["image", "memory", "cpus"];
+
+function fromSnapshot(select) {
+  const form = select.form, chosen = select.selectedOptions[0];
+  const snap = chosen && chosen.value ? chosen : null;
+  for (const name of MACHINE_FIELDS) {
+    const field = form.elements[name];
+    if (!field) continue;
+    if (snap) {
+      if (!field.disabled) field.dataset.own = field.value;  // the user's, back when unchosen
+      field.value = snap.dataset[name] || "";
+      field.disabled = true;  // not sent: the snapshot's machine
+    } else if (field.disabled) {
+      field.disabled = false;
+      field.value = field.dataset.own ?? field.value;
+    }
+  }
+}
+
+document.addEventListener("change", (e) => {
+  if (e.target.matches("form#create-vm select[name=snapshot]")) fromSnapshot(e.target);
+});
 
 document.addEventListener("DOMContentLoaded", () => {
   if (window.uPlot) document.querySelectorAll("section.graphs").forEach(setupGraphs);
