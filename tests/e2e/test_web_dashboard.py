@@ -5,6 +5,11 @@ Logs in, deploys a 2-node XML cluster from the overview, watches its nodes turn 
 opens a node's serial console and runs a command in the guest, sees a graph with data points
 (and the same figure on /metrics), then logs in as a guest: no action anywhere, and a direct
 action call is refused with 403. Screenshots go to test-artifacts/web/.
+
+The golden snapshots page is driven in the same browser against a manager over in-process
+fake agents (vnix.cluster.testing: FakeAgents with FakeGolden; a real snapshot needs KVM and
+the native driver, which `vnix up` here does not run): make one from the form and watch its
+job, make a VM from it in the overview's form, and see a delete refused while it has a clone.
 """
 from __future__ import annotations
 
@@ -14,6 +19,8 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -211,3 +218,94 @@ def walk_through(page: Any, url: str, api: httpx.Client) -> None:
                    headers={"Authorization": f"Bearer {token}"})
     assert r.status_code == 403
     assert api.get("/api/v1/vms/webc-node-1").json()["desired"] == "running"
+
+
+# -- golden snapshots, against a manager over fake agents (no QEMU needed) --------------------------
+@pytest.fixture
+def fake_site(tmp_path: Path) -> Iterator[str]:
+    import uvicorn
+
+    from vnix.api.app import create_api
+    from vnix.cluster.testing import FakeAgents, FakeGolden, fake_manager
+
+    if not Path(CHROMIUM).exists():
+        pytest.skip("needs Debian's chromium (scripts/install-deps.sh)")
+    agents = FakeAgents(tmp_path / "agents", ["h1", "h2"], native=["h2"])
+    with FakeGolden(delay=3.0):  # a job that runs long enough to be seen running (1 s polls)
+        port = free_port()
+        server = uvicorn.Server(uvicorn.Config(create_api(fake_manager(tmp_path, agents)),
+                                               host="127.0.0.1", port=port,
+                                               log_level="warning"))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 20
+        while not server.started:
+            assert time.monotonic() < deadline, "the manager did not start"
+            time.sleep(0.05)
+        try:
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            server.should_exit = True
+            thread.join(20)
+
+
+def test_snapshots_page_and_vm_from_snapshot(fake_site: str, browser: Any) -> None:
+    from vnix.cluster.testing import ADMIN_PASSWORD as FAKE_ADMIN_PASSWORD
+
+    url = fake_site
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.set_default_timeout(20_000)
+    page.on("dialog", lambda d: d.accept())  # hx-confirm of the delete button
+    try:
+        log_in(page, url, "admin", FAKE_ADMIN_PASSWORD)
+        page.click("header nav a:text('Snapshots')")
+        page.wait_for_selector("h1:text('Golden snapshots')")
+        assert "no golden snapshots" in page.inner_text("#snapshots")
+
+        # -- make one: the job's progress is shown live, then the table reloads ---------------
+        page.fill("#create-snapshot input[name=name]", "gold")
+        page.fill("#create-snapshot input[name=memory]", "64M")
+        page.select_option("#create-snapshot select[name=host]", "h2")
+        page.click("#create-snapshot button[type=submit]")
+        job = page.wait_for_selector("#snapshot-job .job")
+        assert "create snapshot snapshot/gold" in job.inner_text()
+        page.wait_for_selector("#snapshot-job .job[data-state=running]")
+        page.wait_for_selector("#snapshot-job .job[data-state=succeeded]")
+        row = page.wait_for_selector("#snapshots tr[data-snapshot=gold][data-host=h2]")
+        assert "64 MiB" in row.inner_text()
+        shot(page, "06-snapshots")
+
+        # -- a VM from it: the form takes the snapshot's machine -------------------------------
+        page.click("header nav a:text('Overview')")
+        page.wait_for_selector("#create-vm select[name=snapshot] option[value=gold]",
+                               state="attached")
+        page.fill("#create-vm input[name=memory]", "512M")
+        page.select_option("#create-vm select[name=snapshot]", "gold")
+        for name, value in (("image", "tiny"), ("memory", "64M"), ("cpus", "1")):
+            field = page.locator(f"#create-vm [name={name}]")
+            assert field.is_disabled() and field.input_value() == value, name
+        page.fill("#create-vm input[name=name]", "gold-clone")
+        page.click("#create-vm button[type=submit]")
+        page.wait_for_selector("#create-vm-job .job[data-state=succeeded]")
+        page.wait_for_selector("table.vms tr[data-vm=gold-clone]")
+        page.click("#create-vm button[type=submit]")  # again: the manager's refusal
+        alert = page.wait_for_selector("#create-vm-job [role=alert]")
+        assert "VM 'gold-clone' exists already" in alert.inner_text()
+        page.select_option("#create-vm select[name=snapshot]", "")  # the user's values back
+        assert page.locator("#create-vm [name=memory]").is_enabled()
+        assert page.input_value("#create-vm [name=memory]") == "512M"
+
+        # -- delete refused while the clone exists: the manager's reason ----------------------
+        page.click("header nav a:text('Snapshots')")
+        clones = page.wait_for_selector("#snapshots tr[data-snapshot=gold] td.clones")
+        assert clones.inner_text().strip() == "1: gold-clone"
+        page.click("#snapshots tr[data-snapshot=gold] button[data-action=delete]")
+        alert = page.wait_for_selector("#snapshot-job [role=alert]")
+        assert alert.inner_text() == ("snapshot 'gold' is used by VM(s) gold-clone on h2: "
+                                      "delete those VMs first")
+        shot(page, "07-snapshot-in-use")
+    except Exception:
+        shot(page, "failed-snapshots")
+        raise
+    finally:
+        page.close()

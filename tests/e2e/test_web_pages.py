@@ -414,7 +414,8 @@ def test_vm_form_from_a_snapshot(snap_site: dict) -> None:
     admin, bob, manager = snap_site["admin"], snap_site["bob"], snap_site["manager"]
     assert make_snapshot(admin, name="form", host="h2", memory="96M", cpus="2") == "succeeded"
     overview = bob.c.get("/").text
-    assert ('<select name="snapshot" hx-get="/ui/snapshot-choices" hx-trigger="load"'
+    assert ('<select name="snapshot" hx-get="/ui/snapshot-choices" hx-trigger="load" '
+            'hx-target="this"'
             in overview)
     choices = bob.c.get("/ui/snapshot-choices").text
     assert '<option value="">none: boot the image</option>' in choices
