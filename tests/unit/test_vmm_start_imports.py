@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from vnix.testkit import guest_path
-from vnix.testkit.runner import DEBUG_EXIT_OK
+from vnix.testkit.runner import DEBUG_EXIT_OK, TESTKIT_DIR
 from vnix.vmm.launch import bootstrap_code
 
 #: modules the start path must not import (what each costs the VMM's start-up, roughly):
@@ -94,3 +94,79 @@ entry()
     assert "vnix.vmm.vcpu" in modules
     heavy = sorted(set(FORBIDDEN) & modules)
     assert not heavy, f"booting a test-kit guest imports {heavy}"
+
+
+#: what a machine with virtio devices must not import either, in its whole run (boot, control
+#: API, snapshot) and in a restore: the device state classes are Records and the interfaces
+#: type-checker-only Protocols, so neither ``dataclasses`` (~7 ms, and ~1 ms a class) nor
+#: ``typing`` is paid for (a snapshot needs ``json`` for the saved state; ``re`` and ``enum``
+#: come with it)
+FORBIDDEN_VIRTIO = ("dataclasses", "typing")
+
+
+@needs_guest
+@pytest.mark.kvm
+@pytest.mark.skipif(not os.access("/dev/kvm", os.R_OK | os.W_OK), reason="needs /dev/kvm")
+def test_a_boot_with_virtio_devices_and_its_restore_import_nothing_heavy(tmp_path: Path) -> None:
+    """The ``idle`` guest with a qcow2 disk, rng, balloon and vsock (virtio-pci, MSI-X, device
+    threads) is snapshotted through the control API, then restored in a new VMM process: both
+    processes' ``sys.modules`` as they end."""
+    import shutil
+    import time
+
+    from vnix.vmm.api.client import VmmClient
+
+    if shutil.which("qemu-img") is None:
+        pytest.skip("needs qemu-img")
+    idle = TESTKIT_DIR / "build" / "idle.elf"
+    disk = tmp_path / "d.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "8M"], check=True)
+    api, snap = tmp_path / "api.sock", tmp_path / "s.snap"
+    args = ["--kernel", str(idle), "--memory", "64M", "--disk", f"{disk},format=qcow2",
+            "--vsock", f"cid=5,uds={tmp_path / 'v.sock'}", "--api-sock", str(api)]
+    boot = bootstrap_code().replace("from vnix.vmm.__main__ import entry;entry()", "")
+    dump = f"""
+import os
+_exit = os._exit
+def _dump_and_exit(status):
+    {_DUMP}
+    _exit(status)
+os._exit = _dump_and_exit
+from vnix.vmm.__main__ import entry
+entry()
+"""
+    first = subprocess.Popen([sys.executable, "-I", "-S", "-c", boot + "\n" + dump, *args], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not api.exists():
+            assert time.monotonic() < deadline and first.poll() is None, "the VMM did not start"
+            time.sleep(0.05)
+        time.sleep(0.3)
+        VmmClient(str(api)).snapshot(str(snap), resume=True)
+        VmmClient(str(api)).stop(graceful=False)
+        _, err = first.communicate(timeout=30)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    booted = set([ln for ln in err.splitlines() if ln.startswith("MODULES ")][-1].split()[1:])
+    assert "vnix.vmm.devices.pci.virtio_pci" in booted and "vnix.vmm.devices.virtio.vsock.device" in booted
+    assert not sorted(set(FORBIDDEN_VIRTIO) & booted), f"a boot with virtio devices imports {sorted(set(FORBIDDEN_VIRTIO) & booted)}"
+
+    restored = subprocess.Popen([sys.executable, "-I", "-S", "-c", boot + "\n" + dump, "--restore", str(snap),
+                                 "--memory-backing", "private-mmap", "--api-sock", str(api)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not api.exists():
+            assert time.monotonic() < deadline and restored.poll() is None, "the restored VMM did not start"
+            time.sleep(0.05)
+        VmmClient(str(api)).stop(graceful=False)
+        _, err = restored.communicate(timeout=30)
+    finally:
+        if restored.poll() is None:
+            restored.kill()
+    modules = set([ln for ln in err.splitlines() if ln.startswith("MODULES ")][-1].split()[1:])
+    assert "vnix.vmm.snapshot.restore" in modules
+    heavy = sorted(set(FORBIDDEN_VIRTIO) & modules)
+    assert not heavy, f"restoring a machine with virtio devices imports {heavy}"

@@ -24,9 +24,12 @@ import json
 import os
 import sys
 import threading
-from typing import Callable
 
 import _socket  # not ``socket``: its wrapper module costs the VMM ~2 ms of start-up (see console.py)
+
+TYPE_CHECKING = False  # typing is not imported at run time (mypy reads True)
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 MAX_HEAD = 8 * 1024
 MAX_HEADERS = 64
@@ -65,7 +68,8 @@ class HttpError(Exception):
         self.status = status
 
 
-Handler = Callable[[Request], Response]
+if TYPE_CHECKING:
+    Handler = Callable[[Request], Response]
 
 
 def encode(response: Response) -> bytes:

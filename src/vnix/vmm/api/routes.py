@@ -33,13 +33,16 @@ import json
 import os
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable
 
 from vnix.vmm.api.http import HttpError, Request, Response
 from vnix.vmm.devices.legacy.i8042 import CTR_KBD_DISABLED
 from vnix.vmm.exitcodes import POWEROFF, Stop
 
+TYPE_CHECKING = False  # typing is not imported at run time (mypy reads True)
 if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
     from vnix.vmm.machine import Machine
 
 MIB = 1024 * 1024
@@ -216,7 +219,7 @@ class ControlApi:
         for name in list(pci.functions) if pci is not None else []:
             dev = pci.device(name)
             if dev is not None:
-                out[name] = {**vars(dev.metrics), **dev.counters(), "active": dev.active, "broken": dev.broken}
+                out[name] = {**dev.metrics.to_dict(), **dev.counters(), "active": dev.active, "broken": dev.broken}
         return out
 
     # -- balloon --------------------------------------------------------------------------------
@@ -302,7 +305,7 @@ class ControlApi:
                     self.m.resume()
             took = (time.monotonic() - t) * 1000
         size = os.path.getsize(path) if os.path.exists(path) else None
-        details = vars(info) if hasattr(info, "__dict__") else {"info": repr(info)}
+        details = info.to_dict()
         return Response(200, {"path": path, "memory": memory, "size_bytes": size, "took_ms": round(took, 3),
                               "state": self.state(), "info": _jsonable(details)})
 
@@ -346,6 +349,8 @@ def _jsonable(value: Any) -> Any:
         return [_jsonable(v) for v in value]
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
+    if hasattr(value, "to_dict"):  # a Record
+        return _jsonable(value.to_dict())
     if hasattr(value, "__dict__"):
         return _jsonable(vars(value))
     return str(value)

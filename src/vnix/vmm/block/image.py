@@ -5,9 +5,16 @@ All offsets and lengths are in bytes of the virtual disk. ``readv``/``writev`` t
 """
 from __future__ import annotations
 
-from typing import Protocol, Sequence
 
 from vnix.vmm.block import BlockError, OutOfRangeError, ReadOnlyError
+
+TYPE_CHECKING = False  # typing is not imported at run time (the VMM's start path; mypy reads True)
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import Protocol
+else:
+    Protocol = object  # the interfaces below are for the type checker; at run time plain classes
+
 
 
 class BlockImage(Protocol):

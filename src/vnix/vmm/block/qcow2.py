@@ -1,5 +1,6 @@
 """qcow2 images (QEMU docs/interop/qcow2.txt), versions 2 and 3, with a backing file.
 
+
 Header (big-endian; version 3 adds the fields from 72)::
 
      0 magic "QFI\\xfb"   4 version   8 backing_file_offset (u64)   16 backing_file_size (u32)
@@ -31,11 +32,14 @@ from __future__ import annotations
 import os
 import struct
 import zlib
-from typing import Sequence
 
 from vnix.vmm.block import BlockError, ImageFormatError
 from vnix.vmm.block.image import BlockImage, check_range
 from vnix.vmm.block.raw import preadv_full, pwritev_full
+
+TYPE_CHECKING = False  # typing is not imported at run time (the VMM's start path; mypy reads True)
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 MAGIC = b"QFI\xfb"
 HEADER = struct.Struct(">4sIQIIQIIQQIIQ")  # up to snapshots_offset (72 bytes)

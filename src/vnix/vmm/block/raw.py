@@ -3,10 +3,14 @@ from __future__ import annotations
 
 import ctypes
 import os
-from typing import Sequence
 
 from vnix.vmm.block import BlockError
 from vnix.vmm.block.image import check_range
+
+TYPE_CHECKING = False  # typing is not imported at run time (the VMM's start path; mypy reads True)
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
 
 FALLOC_FL_KEEP_SIZE = 0x01  # linux/falloc.h
 FALLOC_FL_PUNCH_HOLE = 0x02

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
 
 from vnix.kvm import KvmError
 from vnix.vmm.memory import PAGE_SIZE, GuestMemory
@@ -12,6 +11,7 @@ from vnix.vmm.snapshot.dirty import DirtyTracker
 from vnix.vmm.snapshot.errors import SnapshotError, SnapshotMismatch
 from vnix.vmm.snapshot.ram import ram_pages_of, ram_views
 from vnix.vmm.snapshot.state import MachineState, VmState
+from vnix.vmm.record import Record
 from vnix.vmm.vcpu import readable_msrs, save_vcpu_state
 
 TYPE_CHECKING = False  # typing is not imported at run time (the VMM start path; mypy reads True)
@@ -22,21 +22,23 @@ if TYPE_CHECKING:
     from vnix.vmm.machine import Machine
 
 
-@dataclass
-class SnapshotInfo:
+class SnapshotInfo(Record):
     """What :func:`save_machine` wrote. Page numbers are guest-physical (address // 4096)."""
 
-    path: str
-    kind: Literal["full", "diff"]
-    snapshot_id: str
-    base: str | None
-    file_bytes: int  # the file's length
-    disk_bytes: int  # what it occupies (a full snapshot leaves never-touched RAM as holes)
-    ram_bytes: int
-    pages: int  # pages of RAM stored
-    guest_pages: int  # of which KVM's dirty log reported (diff)
-    vmm_pages: list[int] = field(default_factory=list)  # pages the VMM itself wrote (diff)
-    seconds: float = 0.0
+    __slots__ = ("path", "kind", "snapshot_id", "base", "file_bytes", "disk_bytes", "ram_bytes", "pages",
+                 "guest_pages", "vmm_pages", "seconds")
+
+    def __init__(self, path: str, kind: Literal["full", "diff"], snapshot_id: str, base: str | None, file_bytes: int,
+                 disk_bytes: int, ram_bytes: int, pages: int, guest_pages: int, vmm_pages: list[int] | None = None,
+                 seconds: float = 0.0) -> None:
+        self.path, self.kind, self.snapshot_id, self.base = path, kind, snapshot_id, base
+        self.file_bytes = file_bytes  # the file's length
+        self.disk_bytes = disk_bytes  # what it occupies (a full snapshot leaves never-touched RAM as holes)
+        self.ram_bytes = ram_bytes
+        self.pages = pages  # pages of RAM stored
+        self.guest_pages = guest_pages  # of which KVM's dirty log reported (diff)
+        self.vmm_pages = vmm_pages if vmm_pages is not None else []  # pages the VMM itself wrote (diff)
+        self.seconds = seconds
 
 
 _MSR_CACHE: dict[int, list[int]] = {}

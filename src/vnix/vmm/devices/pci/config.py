@@ -14,7 +14,11 @@ and reading back gives the size (6.2.5.1) with no special case.
 from __future__ import annotations
 
 import struct
-from typing import Callable
+
+TYPE_CHECKING = False  # typing is not imported at run time (the VMM's start path; mypy reads True)
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 
 COMMAND = 0x04
 STATUS = 0x06

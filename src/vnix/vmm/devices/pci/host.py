@@ -1,4 +1,5 @@
 """The PCI host bridge on configuration mechanism 1 (PCI Local Bus 3.0, 3.2.2.3.2): a 32-bit
+
 CONFIG_ADDRESS register at port 0xCF8 and a 4-byte CONFIG_DATA window at 0xCFC..0xCFF.
 
 CONFIG_ADDRESS: bit 31 enable, bits 23:16 bus, 15:11 device, 10:8 function, 7:2 register.
@@ -10,10 +11,15 @@ from __future__ import annotations
 
 import struct
 import threading
-from typing import Protocol
 
 from vnix.vmm.devices.pci import PciSetupError
 from vnix.vmm.devices.pci.config import ConfigSpace
+
+TYPE_CHECKING = False  # typing is not imported at run time (the VMM's start path; mypy reads True)
+if TYPE_CHECKING:
+    from typing import Protocol
+else:
+    Protocol = object  # the interfaces below are for the type checker; at run time plain classes
 
 CONFIG_ADDRESS = 0xCF8
 PORT_COUNT = 8  # 0xCF8..0xCFF

@@ -9,10 +9,17 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Any, Callable, Protocol
 
 from vnix.kvm.vm import routing_msi
 from vnix.vmm.devices.pci import PciSetupError
+
+TYPE_CHECKING = False  # typing is not imported at run time (the VMM's start path; mypy reads True)
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any, Protocol
+else:
+    Protocol = object  # the interfaces below are for the type checker; at run time plain classes
+
 
 FIRST_MSI_GSI = 24  # GSIs 0..23 are the IOAPIC's pins
 MAX_GSI = 1024  # KVM reports 4096 routing entries here; a VM needs far fewer

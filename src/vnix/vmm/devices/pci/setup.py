@@ -7,7 +7,6 @@ The machine calls :func:`add_pci_devices` once, from its single marked hook.
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
 
 from vnix.vmm.arch.x86.layout import DEVICE_MMIO_START
 from vnix.vmm.block.image import open_image
@@ -20,6 +19,12 @@ from vnix.vmm.devices.pci.irq import MsiRouter
 from vnix.vmm.devices.pci.virtio_pci import BAR_SIZE, VirtioPciDevice
 from vnix.vmm.devices.virtio.device import VirtioDevice
 from vnix.vmm.memory import GuestMemory
+
+TYPE_CHECKING = False  # typing is not imported at run time (the VMM's start path; mypy reads True)
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
 
 log = logging.getLogger(__name__)
 

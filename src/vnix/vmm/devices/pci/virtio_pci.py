@@ -26,8 +26,6 @@ from __future__ import annotations
 import logging
 import os
 import struct
-from dataclasses import dataclass
-from typing import Any, Protocol
 
 from vnix.vmm.devices.bus import BusError, MmioBus
 from vnix.vmm.devices.pci.config import BAR0, COMMAND, CMD_MEMORY, ConfigSpace
@@ -39,6 +37,13 @@ from vnix.vmm.devices.virtio.control import ControlState, VirtioControl
 from vnix.vmm.devices.virtio.device import VirtioDevice
 from vnix.vmm.devices.virtio.worker import Worker, drain
 from vnix.vmm.memory import GuestMemory
+from vnix.vmm.record import Record
+
+TYPE_CHECKING = False  # typing is not imported at run time (the VMM's start path; mypy reads True)
+if TYPE_CHECKING:
+    from typing import Any, Protocol
+else:
+    Protocol = object  # the interfaces below are for the type checker; at run time plain classes
 
 log = logging.getLogger(__name__)
 
@@ -72,16 +77,13 @@ class IoEventVm(Protocol):
                   pio: bool = False, deassign: bool = False) -> None: ...
 
 
-@dataclass
-class VirtioPciState:
-    slot: int
-    bar0: int
-    command: int
-    isr: int
-    msix_table: list[list[int]]
-    msix_pending: list[bool]
-    msix_control: int
-    control: ControlState
+class VirtioPciState(Record):
+    __slots__ = ("slot", "bar0", "command", "isr", "msix_table", "msix_pending", "msix_control", "control")
+
+    def __init__(self, slot: int, bar0: int, command: int, isr: int, msix_table: list[list[int]],
+                 msix_pending: list[bool], msix_control: int, control: ControlState) -> None:
+        self.slot, self.bar0, self.command, self.isr = slot, bar0, command, isr
+        self.msix_table, self.msix_pending, self.msix_control, self.control = msix_table, msix_pending, msix_control, control
 
 
 class VirtioPciDevice:

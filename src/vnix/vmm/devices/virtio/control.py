@@ -7,8 +7,6 @@ structure, 4.1.4.3); this module decides what each write means.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
-from typing import Any, Callable
 
 from vnix.vmm.devices.virtio import QueueError
 from vnix.vmm.devices.virtio.constants import (
@@ -24,21 +22,27 @@ from vnix.vmm.devices.virtio.device import Interrupt, VirtioDevice
 from vnix.vmm.devices.virtio.queue import Queue, QueueState
 from vnix.vmm.devices.virtio.status import next_status
 from vnix.vmm.memory import GuestMemory
+from vnix.vmm.record import Record
+
+TYPE_CHECKING = False  # typing is not imported at run time (the VMM's start path; mypy reads True)
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class ControlState:
-    status: int
-    device_feature_select: int
-    driver_feature_select: int
-    driver_features: int
-    queue_select: int
-    config_generation: int
-    config_vector: int
-    queues: list[QueueState] = field(default_factory=list)
-    device: Any = None  # the device's own State dataclass
+class ControlState(Record):
+    __slots__ = ("status", "device_feature_select", "driver_feature_select", "driver_features", "queue_select",
+                 "config_generation", "config_vector", "queues", "device")
+
+    def __init__(self, status: int, device_feature_select: int, driver_feature_select: int, driver_features: int,
+                 queue_select: int, config_generation: int, config_vector: int,
+                 queues: list[QueueState] | None = None, device: object = None) -> None:
+        self.status, self.device_feature_select = status, device_feature_select
+        self.driver_feature_select, self.driver_features = driver_feature_select, driver_features
+        self.queue_select, self.config_generation, self.config_vector = queue_select, config_generation, config_vector
+        self.queues = queues if queues is not None else []
+        self.device = device  # the device's own state record
 
 
 class VirtioControl:

@@ -14,14 +14,20 @@ from __future__ import annotations
 import logging
 import threading
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
-from typing import Callable, ClassVar, Protocol
 
 from vnix.vmm import GuestMemoryError
 from vnix.vmm.devices.virtio import QueueError
 from vnix.vmm.devices.virtio.constants import F_VERSION_1, bit
 from vnix.vmm.devices.virtio.queue import BadChain, DescriptorChain, Queue
 from vnix.vmm.memory import GuestMemory
+from vnix.vmm.record import Record
+
+TYPE_CHECKING = False  # typing is not imported at run time (the VMM's start path; mypy reads True)
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import ClassVar, Protocol
+else:
+    Protocol = object  # the interfaces below are for the type checker; at run time plain classes
 
 log = logging.getLogger(__name__)
 
@@ -63,15 +69,19 @@ class Interrupt(Protocol):
     def config_changed(self) -> None: ...
 
 
-@dataclass
-class DeviceMetrics:
-    notifications: int = 0
-    requests: int = 0
-    bad_chains: int = 0  # malformed chains failed (request returned with length 0 / IOERR)
-    queue_errors: int = 0  # rings the driver broke: device set to NEEDS_RESET
-    out_of_range: int = 0  # guest addresses outside RAM stopped at the GuestMemory door
-    io_errors: int = 0  # host-side failures (disk, tap) reported to the guest
-    ok: int = 0  # requests that completed successfully
+class DeviceMetrics(Record):
+    """Counters of one device (``/stats`` of the control API shows them by name)."""
+
+    __slots__ = ("notifications", "requests", "bad_chains", "queue_errors", "out_of_range", "io_errors", "ok")
+
+    def __init__(self) -> None:
+        self.notifications = 0
+        self.requests = 0
+        self.bad_chains = 0  # malformed chains failed (request returned with length 0 / IOERR)
+        self.queue_errors = 0  # rings the driver broke: device set to NEEDS_RESET
+        self.out_of_range = 0  # guest addresses outside RAM stopped at the GuestMemory door
+        self.io_errors = 0  # host-side failures (disk, tap) reported to the guest
+        self.ok = 0  # requests that completed successfully
 
 
 class VirtioDevice(ABC):

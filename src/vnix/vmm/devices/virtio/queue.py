@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import struct
 import sys
-from dataclasses import dataclass
 
 from vnix.vmm import GuestMemoryError
 from vnix.vmm.devices.virtio import ChainError, QueueError
@@ -40,6 +39,7 @@ from vnix.vmm.devices.virtio.constants import (
     VIRTQ_DESC_F_WRITE,
 )
 from vnix.vmm.memory import GuestMemory
+from vnix.vmm.record import Record
 
 _DESC = struct.Struct("<QIHH")
 # Ring indices are read and written while the guest runs on another CPU, so each must be one
@@ -89,20 +89,17 @@ class BadChain(ChainError):
         self.head = head
 
 
-@dataclass
-class QueueState:
+class QueueState(Record):
     """What a queue is, for snapshots: its configuration and the two positions."""
 
-    max_size: int
-    size: int
-    ready: bool
-    desc_table: int
-    avail_ring: int
-    used_ring: int
-    next_avail: int
-    next_used: int
-    vector: int = VIRTIO_MSI_NO_VECTOR
-    indirect: bool = False
+    __slots__ = ("max_size", "size", "ready", "desc_table", "avail_ring", "used_ring", "next_avail", "next_used",
+                 "vector", "indirect")
+
+    def __init__(self, max_size: int, size: int, ready: bool, desc_table: int, avail_ring: int, used_ring: int,
+                 next_avail: int, next_used: int, vector: int = VIRTIO_MSI_NO_VECTOR, indirect: bool = False) -> None:
+        self.max_size, self.size, self.ready = max_size, size, ready
+        self.desc_table, self.avail_ring, self.used_ring = desc_table, avail_ring, used_ring
+        self.next_avail, self.next_used, self.vector, self.indirect = next_avail, next_used, vector, indirect
 
 
 class Queue:

@@ -10,7 +10,11 @@ import logging
 import os
 import select
 import threading
-from typing import Callable
+
+TYPE_CHECKING = False  # typing is not imported at run time (the VMM's start path; mypy reads True)
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 
 log = logging.getLogger(__name__)
 

@@ -2,13 +2,13 @@
 notifications nothing is in flight; ``in_flight`` stays explicit for when that changes."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from vnix.vmm.record import Record
 
 
-@dataclass
-class BlkState:
-    path: str
-    format: str
-    readonly: bool
-    serial: str
-    in_flight: list[int] = field(default_factory=list)  # heads taken but not yet returned
+class BlkState(Record):
+    __slots__ = ("path", "format", "readonly", "serial", "in_flight")
+
+    def __init__(self, path: str, format: str, readonly: bool, serial: str,  # noqa: A002
+                 in_flight: list[int] | None = None) -> None:
+        self.path, self.format, self.readonly, self.serial = path, format, readonly, serial
+        self.in_flight = in_flight if in_flight is not None else []  # heads taken but not yet returned

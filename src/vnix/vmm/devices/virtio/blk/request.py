@@ -14,11 +14,11 @@ that does not fit fails with VIRTIO_BLK_S_IOERR, never reaching the image.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 
 from vnix.vmm.devices.virtio.chain import gather, total, views
 from vnix.vmm.devices.virtio.queue import DescriptorChain, Descriptor
 from vnix.vmm.memory import GuestMemory
+from vnix.vmm.record import Record
 
 SECTOR = 512
 T_IN, T_OUT, T_FLUSH, T_GET_ID, T_DISCARD, T_WRITE_ZEROES = 0, 1, 4, 8, 11, 13
@@ -29,15 +29,17 @@ SEGMENT = struct.Struct("<QII")  # struct virtio_blk_discard_write_zeroes: secto
 WRITE_ZEROES_F_UNMAP = 1
 
 
-@dataclass
-class Request:
-    type: int
-    sector: int
-    readable: list[Descriptor]  # data the device reads, after the header
-    readable_skip: int  # header bytes to skip in ``readable``
-    data_out: list[Descriptor]  # the writable descriptors (data then status)
-    data_in_len: int  # writable bytes before the status byte
-    status_addr: int
+class Request(Record):
+    __slots__ = ("type", "sector", "readable", "readable_skip", "data_out", "data_in_len", "status_addr")
+
+    def __init__(self, type: int, sector: int, readable: list[Descriptor], readable_skip: int,  # noqa: A002
+                 data_out: list[Descriptor], data_in_len: int, status_addr: int) -> None:
+        self.type, self.sector = type, sector
+        self.readable = readable  # data the device reads, after the header
+        self.readable_skip = readable_skip  # header bytes to skip in ``readable``
+        self.data_out = data_out  # the writable descriptors (data then status)
+        self.data_in_len = data_in_len  # writable bytes before the status byte
+        self.status_addr = status_addr
 
 
 def parse(mem: GuestMemory, chain: DescriptorChain) -> Request | None:

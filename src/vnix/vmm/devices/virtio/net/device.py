@@ -27,14 +27,19 @@ from __future__ import annotations
 import logging
 import os
 import struct
-from dataclasses import dataclass
-from typing import Protocol
 
 from vnix.vmm.devices.virtio.chain import total, views
 from vnix.vmm.devices.virtio.constants import F_INDIRECT_DESC, F_VERSION_1, ID_NET, bit
 from vnix.vmm.devices.virtio.device import VirtioDevice
 from vnix.vmm.devices.virtio.net.persist import NetState
 from vnix.vmm.devices.virtio.queue import BadChain, DescriptorChain, Queue
+from vnix.vmm.record import Record
+
+TYPE_CHECKING = False  # typing is not imported at run time (the VMM's start path; mypy reads True)
+if TYPE_CHECKING:
+    from typing import Protocol
+else:
+    Protocol = object  # the interfaces below are for the type checker; at run time plain classes
 
 log = logging.getLogger(__name__)
 
@@ -62,14 +67,14 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
-@dataclass
-class NetCounters:
-    rx_frames: int = 0
-    rx_bytes: int = 0
-    rx_dropped: int = 0  # frames the driver's buffers could not hold
-    tx_frames: int = 0
-    tx_bytes: int = 0
-    tx_dropped: int = 0  # frames the tap refused
+class NetCounters(Record):
+    __slots__ = ("rx_frames", "rx_bytes", "rx_dropped", "tx_frames", "tx_bytes", "tx_dropped")
+
+    def __init__(self) -> None:
+        self.rx_frames = self.rx_bytes = 0
+        self.rx_dropped = 0  # frames the driver's buffers could not hold
+        self.tx_frames = self.tx_bytes = 0
+        self.tx_dropped = 0  # frames the tap refused
 
 
 def random_mac() -> str:

@@ -1,9 +1,11 @@
 """virtio-rng state for snapshots: nothing is in flight between notifications."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from vnix.vmm.record import Record
 
 
-@dataclass
-class RngState:
-    bytes_given: int = 0
+class RngState(Record):
+    __slots__ = ("bytes_given",)
+
+    def __init__(self, bytes_given: int = 0) -> None:
+        self.bytes_given = bytes_given

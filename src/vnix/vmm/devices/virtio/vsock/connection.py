@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import socket
 import threading
-from dataclasses import dataclass, field
 
 BUF_ALLOC = 256 * 1024  # our receive buffer per connection, as announced to the guest
 CREDIT_UPDATE_EVERY = 64 * 1024  # announce fwd_cnt after this many bytes were forwarded
@@ -26,23 +25,27 @@ RX_CHUNK = 64 * 1024  # host bytes read at once (split over rx buffers as needed
 HANDSHAKE, CONNECTING, OPEN, CLOSING = "handshake", "connecting", "open", "closing"
 
 
-@dataclass(eq=False)
 class Connection:
-    sock: socket.socket
-    local_port: int  # the host side's port (the guest sees it as src/dst port at CID 2)
-    peer_port: int  # the guest's port
-    state: str
-    handshake: bytearray = field(default_factory=bytearray)  # "CONNECT <port>\n" so far
-    peer_buf_alloc: int = 0
-    peer_fwd_cnt: int = 0
-    tx_cnt: int = 0  # bytes sent to the guest
-    fwd_cnt: int = 0  # guest bytes written to the host socket
-    fwd_cnt_sent: int = 0  # the fwd_cnt last announced to the guest
-    pending: bytearray = field(default_factory=bytearray)  # guest bytes the socket has not taken
-    rx_queued: bool = False  # a chunk of ours waits in the device's rx queue
-    host_eof: bool = False
-    shut_write: bool = False  # the guest will send no more (SHUTDOWN SEND): EOF passed on
-    timer: threading.Timer | None = None  # CONNECTING: the guest's time to answer the REQUEST
+    """One stream (compared and hashed by identity: the device keeps sets of them)."""
+
+    __slots__ = ("sock", "local_port", "peer_port", "state", "handshake", "peer_buf_alloc", "peer_fwd_cnt", "tx_cnt",
+                 "fwd_cnt", "fwd_cnt_sent", "pending", "rx_queued", "host_eof", "shut_write", "timer")
+
+    def __init__(self, sock: socket.socket, local_port: int, peer_port: int, state: str) -> None:
+        self.sock = sock
+        self.local_port = local_port  # the host side's port (the guest sees it as src/dst port at CID 2)
+        self.peer_port = peer_port  # the guest's port
+        self.state = state
+        self.handshake = bytearray()  # "CONNECT <port>\n" so far
+        self.peer_buf_alloc = self.peer_fwd_cnt = 0
+        self.tx_cnt = 0  # bytes sent to the guest
+        self.fwd_cnt = 0  # guest bytes written to the host socket
+        self.fwd_cnt_sent = 0  # the fwd_cnt last announced to the guest
+        self.pending = bytearray()  # guest bytes the socket has not taken
+        self.rx_queued = False  # a chunk of ours waits in the device's rx queue
+        self.host_eof = False
+        self.shut_write = False  # the guest will send no more (SHUTDOWN SEND): EOF passed on
+        self.timer: threading.Timer | None = None  # CONNECTING: the guest's time to answer the REQUEST
 
     @property
     def fd(self) -> int:

@@ -238,7 +238,7 @@ class VirtioVsock(VirtioDevice):
             return
         pkt, conn = self.rxq[0]
         if len(pkt.data) > room:  # split an RW over several rx buffers
-            pkt_now = p.Packet(**{**pkt.__dict__, "data": pkt.data[:room]})
+            pkt_now = pkt.replace(data=pkt.data[:room])
             pkt.data = pkt.data[room:]
         else:
             pkt_now = pkt

@@ -16,7 +16,7 @@ outstanding; every header carries the sender's own ``buf_alloc`` and ``fwd_cnt``
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from vnix.vmm.record import Record
 
 HEADER = struct.Struct("<QQIIIHHIII")
 HDR_SIZE = HEADER.size  # 44
@@ -28,18 +28,13 @@ OP_NAMES = {OP_REQUEST: "REQUEST", OP_RESPONSE: "RESPONSE", OP_RST: "RST", OP_SH
             OP_RW: "RW", OP_CREDIT_UPDATE: "CREDIT_UPDATE", OP_CREDIT_REQUEST: "CREDIT_REQUEST"}
 
 
-@dataclass
-class Packet:
-    src_cid: int
-    dst_cid: int
-    src_port: int
-    dst_port: int
-    op: int
-    type: int = TYPE_STREAM
-    flags: int = 0
-    buf_alloc: int = 0
-    fwd_cnt: int = 0
-    data: bytes = b""
+class Packet(Record):
+    __slots__ = ("src_cid", "dst_cid", "src_port", "dst_port", "op", "type", "flags", "buf_alloc", "fwd_cnt", "data")
+
+    def __init__(self, src_cid: int, dst_cid: int, src_port: int, dst_port: int, op: int, type: int = TYPE_STREAM,  # noqa: A002
+                 flags: int = 0, buf_alloc: int = 0, fwd_cnt: int = 0, data: bytes = b"") -> None:
+        self.src_cid, self.dst_cid, self.src_port, self.dst_port, self.op = src_cid, dst_cid, src_port, dst_port, op
+        self.type, self.flags, self.buf_alloc, self.fwd_cnt, self.data = type, flags, buf_alloc, fwd_cnt, data
 
     def header(self) -> bytes:
         return HEADER.pack(self.src_cid, self.dst_cid, self.src_port, self.dst_port, len(self.data),

@@ -2,10 +2,11 @@
 sockets cannot be saved); the restored device tells the guest with a transport reset event."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from vnix.vmm.record import Record
 
 
-@dataclass
-class VsockState:
-    cid: int
-    uds: str
+class VsockState(Record):
+    __slots__ = ("cid", "uds")
+
+    def __init__(self, cid: int, uds: str) -> None:
+        self.cid, self.uds = cid, uds
