@@ -56,6 +56,7 @@ def test_rehearsal_touches_nothing_outside_and_leaves_nothing_behind(tmp_path: P
 
     monkeypatch.setattr(tap.Tap, "__init__", no_tap)  # NullTap does not call it
     (tmp_path / "base.vsock").unlink(missing_ok=True)  # left by the killed VMM
+    gc.collect()  # garbage from before (a closed client's socket) must not count either way
     fds, threads = open_fds(), set(threading.enumerate())
     temp_before = set(os.listdir(tempfile.gettempdir()))
     for _ in range(3):
@@ -87,6 +88,7 @@ def test_rehearsal_of_a_snapshot_whose_disk_is_gone_fails_quietly(tmp_path: Path
     snap_path, disk = snapshot_with_every_backend(tmp_path)
     disk.unlink()
     snap = load_snapshot(str(snap_path), verify_memory=True)  # as the clone server loads it
+    gc.collect()
     fds = open_fds()
     assert rehearse(snap, memory_backing="private-mmap") is False
     assert open_fds() == fds
