@@ -118,8 +118,11 @@ def _pool_child(ctrl: socket.socket, snap: object, rehearse: bool) -> None:
     except OSError:
         pass  # the server handed us a request before we were ready and closed its end: read it
     if rehearse and prepared is not None and not select.select([ctrl], [], [], REHEARSE_AFTER)[0]:
-        rehearse_restore(snap, memory_backing="private-mmap", defer=prepared.deferred)  # type: ignore[arg-type]
-        _rehearse_request(snap)
+        try:  # an optimization: whatever goes wrong in it, the request is still served
+            rehearse_restore(snap, memory_backing="private-mmap", defer=prepared.deferred)  # type: ignore[arg-type]
+            _rehearse_request(snap)
+        except Exception as exc:  # noqa: BLE001
+            print(f"vnix-clone: restore rehearsal failed: {exc!r}", file=sys.stderr, flush=True)
     try:
         msg, fds, _, _ = socket.recv_fds(ctrl, 2 * MAX_REQUEST + 64, 1)
     except OSError:
