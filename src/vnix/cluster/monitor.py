@@ -143,7 +143,7 @@ class Monitor:
         host.cpus, host.memory_mib = info.cpus, info.memory_total_mib
         host.cpu_percent, host.memory_available_mib = info.cpu_percent, info.memory_available_mib
         host.drivers = info.drivers
-        sync_images(s, p.host, p.images)
+        sync_images(s, p.host, p.images, asked=started)
         seen = {v.name: v for v in p.vms}
         samples = metrics.host_samples(p.host, info)
         for vm in vms:

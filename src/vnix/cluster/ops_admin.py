@@ -6,6 +6,7 @@ the job row. API tokens are credentials, not operations: ``vnix.api`` issues the
 """
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field
@@ -69,15 +70,28 @@ class RegisterHost(Operation):
         return {"host": self.name}
 
 
-def sync_images(s: Any, host: str, images: list[agent.ImageOut]) -> None:
-    have = {i.name: i for i in s.scalars(select(Image).where(Image.host == host))}
+def sync_images(s: Any, host: str, images: list[agent.ImageOut], *, asked: datetime | None = None) -> None:
+    """Make the images table say what ``host``'s agent listed. Each row is an upsert (INSERT ...
+    ON CONFLICT DO UPDATE, SQLite and PostgreSQL alike): the monitor's poll and an import job can
+    sync the same host at once, and two plain INSERTs of one new image failed the second
+    transaction on the primary key. ``asked``: when the list was asked for; a row another
+    session saw later (a job's newer word) is not deleted for missing from this older list."""
+    if s.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    now = utcnow()
     for img in images:
-        row = have.pop(img.name, None) or Image(host=host, name=img.name)
-        row.kind, row.size, row.virtual_size, row.seen = (img.kind, img.size, img.virtual_size,
-                                                          utcnow())
-        s.add(row)
-    for gone in have.values():
-        s.delete(gone)
+        values = {"kind": img.kind, "size": img.size, "virtual_size": img.virtual_size, "seen": now}
+        s.execute(insert(Image).values(host=host, name=img.name, **values)
+                  .on_conflict_do_update(index_elements=[Image.host, Image.name], set_=values))
+    gone = delete(Image).where(Image.host == host, Image.name.not_in([img.name for img in images]))
+    if asked is not None:
+        gone = gone.where(Image.seen < asked)
+    s.execute(gone.execution_options(synchronize_session=False))
+    for obj in list(s.identity_map.values()):
+        if isinstance(obj, Image):
+            s.expire(obj)  # read again if used: the rows changed under the ORM
 
 
 @register
