@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
@@ -31,6 +30,10 @@ from rich.table import Table
 
 from vnix.cli.main import app
 from vnix.errors import UsageError, VnixError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import httpx
 
 cluster_app = typer.Typer(help="Virtual clusters described in XML.", no_args_is_help=True)
 profile_app = typer.Typer(help="Saved VMM configuration profiles.", no_args_is_help=True)
@@ -66,10 +69,14 @@ class Api:
             except NotLoggedIn:
                 pass
         self.url = url.rstrip("/")
+        import httpx  # not at import time: most CLI commands never use it
+
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.http = httpx.Client(base_url=self.url + "/api/v1", headers=headers, timeout=60)
 
     def __call__(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        import httpx
+
         try:
             r = self.http.request(method, path, **kw)
         except httpx.HTTPError as exc:
