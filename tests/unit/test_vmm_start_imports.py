@@ -44,6 +44,17 @@ def _run(program: str, args: list[str], *, timeout: float = 60) -> tuple[subproc
 
 
 _DUMP = "sys.stderr.write('MODULES ' + ' '.join(sorted(sys.modules)) + '\\n'); sys.stderr.flush()"
+#: the real VMM, its ``sys.modules`` written as it ends (``os._exit`` wrapped): the whole run counts
+_WHOLE_RUN = f"""
+import os
+_exit = os._exit
+def _dump_and_exit(status):
+    {_DUMP}
+    _exit(status)
+os._exit = _dump_and_exit
+from vnix.vmm.__main__ import entry
+entry()
+"""
 
 
 @needs_guest
@@ -79,17 +90,7 @@ import vnix.kvm.vm, vnix.vmm.arch.x86.cpuid, vnix.vmm.arch.x86.msrs, vnix.vmm.ar
 def test_a_whole_boot_imports_nothing_heavy() -> None:
     """The real VMM boots the ``boot`` guest to its debug-exit; ``sys.modules`` is read as it
     ends (``os._exit`` wrapped), so the whole run counts, not only the start."""
-    program = f"""
-import os
-_exit = os._exit
-def _dump_and_exit(status):
-    {_DUMP}
-    _exit(status)
-os._exit = _dump_and_exit
-from vnix.vmm.__main__ import entry
-entry()
-"""
-    proc, modules = _run(program, _vmm_args(ELF))
+    proc, modules = _run(_WHOLE_RUN, _vmm_args(ELF))
     assert proc.returncode == DEBUG_EXIT_OK, proc.stderr[-2000:]
     assert "vnix.vmm.vcpu" in modules
     heavy = sorted(set(FORBIDDEN) & modules)
@@ -113,6 +114,7 @@ def test_a_boot_with_virtio_devices_and_its_restore_import_nothing_heavy(tmp_pat
     processes' ``sys.modules`` as they end."""
     import shutil
     import time
+    from collections.abc import Callable
 
     from vnix.vmm.api.client import VmmClient
 
@@ -124,49 +126,35 @@ def test_a_boot_with_virtio_devices_and_its_restore_import_nothing_heavy(tmp_pat
     api, snap = tmp_path / "api.sock", tmp_path / "s.snap"
     args = ["--kernel", str(idle), "--memory", "64M", "--disk", f"{disk},format=qcow2",
             "--vsock", f"cid=5,uds={tmp_path / 'v.sock'}", "--api-sock", str(api)]
-    boot = bootstrap_code().replace("from vnix.vmm.__main__ import entry;entry()", "")
-    dump = f"""
-import os
-_exit = os._exit
-def _dump_and_exit(status):
-    {_DUMP}
-    _exit(status)
-os._exit = _dump_and_exit
-from vnix.vmm.__main__ import entry
-entry()
-"""
-    first = subprocess.Popen([sys.executable, "-I", "-S", "-c", boot + "\n" + dump, *args], stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
-    try:
-        deadline = time.monotonic() + 30
-        while not api.exists():
-            assert time.monotonic() < deadline and first.poll() is None, "the VMM did not start"
-            time.sleep(0.05)
+
+    def whole_run(vmm_args: list[str], act: Callable[[VmmClient], object]) -> set[str]:
+        """A VMM with the API socket ``api``: ``act`` on it once it serves, then its modules."""
+        boot = bootstrap_code().replace("from vnix.vmm.__main__ import entry;entry()", "")
+        proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", boot + "\n" + _WHOLE_RUN, *vmm_args],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+        try:
+            deadline = time.monotonic() + 30
+            while not api.exists():
+                assert time.monotonic() < deadline and proc.poll() is None, "the VMM did not start"
+                time.sleep(0.05)
+            act(VmmClient(str(api)))
+            VmmClient(str(api)).stop(graceful=False)
+            _, err = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        return set([ln for ln in err.splitlines() if ln.startswith("MODULES ")][-1].split()[1:])
+
+    def snapshot(client: VmmClient) -> None:
         time.sleep(0.3)
-        VmmClient(str(api)).snapshot(str(snap), resume=True)
-        VmmClient(str(api)).stop(graceful=False)
-        _, err = first.communicate(timeout=30)
-    finally:
-        if first.poll() is None:
-            first.kill()
-    booted = set([ln for ln in err.splitlines() if ln.startswith("MODULES ")][-1].split()[1:])
+        client.snapshot(str(snap), resume=True)
+
+    booted = whole_run(args, snapshot)
     assert "vnix.vmm.devices.pci.virtio_pci" in booted and "vnix.vmm.devices.virtio.vsock.device" in booted
     assert not sorted(set(FORBIDDEN_VIRTIO) & booted), f"a boot with virtio devices imports {sorted(set(FORBIDDEN_VIRTIO) & booted)}"
 
-    restored = subprocess.Popen([sys.executable, "-I", "-S", "-c", boot + "\n" + dump, "--restore", str(snap),
-                                 "--memory-backing", "private-mmap", "--api-sock", str(api)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
-    try:
-        deadline = time.monotonic() + 30
-        while not api.exists():
-            assert time.monotonic() < deadline and restored.poll() is None, "the restored VMM did not start"
-            time.sleep(0.05)
-        VmmClient(str(api)).stop(graceful=False)
-        _, err = restored.communicate(timeout=30)
-    finally:
-        if restored.poll() is None:
-            restored.kill()
-    modules = set([ln for ln in err.splitlines() if ln.startswith("MODULES ")][-1].split()[1:])
+    modules = whole_run(["--restore", str(snap), "--memory-backing", "private-mmap", "--api-sock", str(api)],
+                        lambda client: None)
     assert "vnix.vmm.snapshot.restore" in modules
     heavy = sorted(set(FORBIDDEN_VIRTIO) & modules)
     assert not heavy, f"restoring a machine with virtio devices imports {heavy}"

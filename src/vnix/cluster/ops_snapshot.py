@@ -31,18 +31,17 @@ from vnix.cluster.agents import call_many
 from vnix.cluster.auth import Role
 from vnix.cluster.errors import (
     AgentError,
-    BadRequest,
     Conflict,
     NoCapacity,
     NotFound,
 )
 from vnix.cluster.operations import JobContext, OpContext, Operation, register, summarize
+from vnix.cluster.ops_vm import guest_memory_mib
 from vnix.cluster.scheduler import Request, why_not
 from vnix.cluster.tables import Host, Image
-from vnix.errors import VnixError
 from vnix.node import models as agent
 from vnix.node.images import NAME_RE
-from vnix.vmm.config import MAX_VCPUS, MIN_MEMORY_MIB, parse_size_mib
+from vnix.vmm.config import MAX_VCPUS
 
 ALL = "all"
 
@@ -119,13 +118,7 @@ class CreateSnapshot(Operation):
         return f"snapshot/{self.name}"
 
     def memory_mib(self) -> int:
-        try:
-            mib = parse_size_mib(self.memory)
-        except VnixError as exc:
-            raise BadRequest(str(exc)) from None
-        if mib < MIN_MEMORY_MIB:
-            raise BadRequest(f"memory {self.memory} is too small (at least {MIN_MEMORY_MIB}M)")
-        return mib
+        return guest_memory_mib(self.memory)
 
     def plan(self, manager: Any, s: Session) -> tuple[list[str], dict[str, str]]:
         """The hosts to make it on, and (for ``all``) those left out with the reason.

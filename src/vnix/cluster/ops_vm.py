@@ -45,6 +45,17 @@ SNAPSHOT_DOC = (
     "any VM. Unknown snapshot: 404.")
 
 
+def guest_memory_mib(memory: str) -> int:
+    """A guest's memory size (``256M``, ``1G``) in MiB; a bad or too small one is a 400."""
+    try:
+        mib = parse_size_mib(memory)
+    except VnixError as exc:
+        raise BadRequest(str(exc)) from None
+    if mib < MIN_MEMORY_MIB:
+        raise BadRequest(f"memory {memory} is too small (at least {MIN_MEMORY_MIB}M)")
+    return mib
+
+
 def clone_driver(driver: str | None, what: str) -> str:
     """The driver clones of a golden snapshot run on (``what`` names the request)."""
     if driver not in (None, "native"):
@@ -101,13 +112,7 @@ class CreateVm(Operation):
         return f"vm/{self.name}"
 
     def memory_mib(self) -> int:
-        try:
-            mib = parse_size_mib(self.memory)
-        except VnixError as exc:
-            raise BadRequest(str(exc)) from None
-        if mib < MIN_MEMORY_MIB:
-            raise BadRequest(f"memory {self.memory} is too small (at least {MIN_MEMORY_MIB}M)")
-        return mib
+        return guest_memory_mib(self.memory)
 
     def check(self, ctx: OpContext) -> None:
         s, actor = ctx.session, ctx.actor

@@ -224,10 +224,14 @@ class ImageStore:
         """A qcow2 overlay on the image's disk, for one VM."""
         if not image.disk or not image.disk_format:
             raise BadRequest(f"image {image.name!r} has no disk to put an overlay on")
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        out = subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", image.disk,
-                              "-F", image.disk_format, str(dest)],
-                             capture_output=True, text=True, timeout=60)
-        if out.returncode != 0:
-            raise InvalidImage(f"qemu-img create failed: {out.stderr.strip()}")
-        return dest
+        return qcow2_overlay(image.disk, image.disk_format, dest)
+
+
+def qcow2_overlay(backing: str, backing_format: str, dest: Path) -> Path:
+    """``qemu-img create -b``: a qcow2 overlay at ``dest`` over ``backing`` (its directory made)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    out = subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", backing, "-F", backing_format, str(dest)],
+                         capture_output=True, text=True, timeout=60)
+    if out.returncode != 0:
+        raise InvalidImage(f"qemu-img create failed: {out.stderr.strip()}")
+    return dest

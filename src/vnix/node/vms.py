@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,8 +18,8 @@ from vnix.hypervisor import Hypervisor, NoSuchVm, VmExists, get_driver
 from vnix.hypervisor.spec import DriverOptions, NicSpec, VmInfo, VmSpec
 from vnix.hypervisor.state import VmState
 from vnix.images.guest_init import with_network
-from vnix.node.errors import BadRequest, InvalidImage, UnknownImage
-from vnix.node.images import ImageStore
+from vnix.node.errors import BadRequest, UnknownImage
+from vnix.node.images import ImageStore, qcow2_overlay
 from vnix.node.models import CreateVm, DiskOut, NicOut, VmOut
 from vnix.node.networks import NetworkStore
 from vnix.node.snapshots import GoldenStore
@@ -81,6 +80,17 @@ class VmService:
                       if any(n.network == network for n in d.spec(vm).nics))
 
     # -- create ---------------------------------------------------------------------------
+    def _attach_nics(self, req: CreateVm, config: MachineConfig,
+                     undo: list[tuple[str, Callable[[], None]]]) -> list[NicSpec]:
+        """A TAP on its network for each NIC asked for, in ``config``; each one's removal in ``undo``."""
+        nics: list[NicSpec] = []
+        for nreq in req.nics:
+            nic = self.networks.attach(nreq.network, nreq.ip)
+            nics.append(nic)
+            undo.append((f"remove TAP {nic.tap}", lambda n=nic: self.networks.detach(n)))
+            config.nets.append(NetConfig(kind="tap", name=nic.tap, mac=nic.mac))
+        return nics
+
     def create(self, req: CreateVm) -> VmOut:
         if req.snapshot:
             return self.clone(req)
@@ -111,12 +121,7 @@ class VmService:
             for img in (i for i in (image, disk_image) if i is not None and i.disk):
                 path = self.images.make_overlay(img, vm_dir / f"{img.name}.qcow2")
                 config.disks.append(DiskConfig(str(path), format="qcow2"))
-            nics: list[NicSpec] = []
-            for nreq in req.nics:
-                nic = self.networks.attach(nreq.network, nreq.ip)
-                nics.append(nic)
-                undo.append((f"remove TAP {nic.tap}", lambda n=nic: self.networks.detach(n)))
-                config.nets.append(NetConfig(kind="tap", name=nic.tap, mac=nic.mac))
+            nics = self._attach_nics(req, config, undo)
             if nics:  # the tiny guest's /init configures eth0 from vnix.ip= / vnix.dhcp=1
                 rec = self.networks.get(nics[0].network)
                 config.cmdline = with_network(config.cmdline, nics[0].ip, rec.gateway,
@@ -158,21 +163,10 @@ class VmService:
             undo.append(("remove overlays", lambda: shutil.rmtree(vm_dir, ignore_errors=True)))
             overlays: list[tuple[str, str]] = []
             if gold.disk:
-                overlay = vm_dir / f"{image.name}.qcow2"
-                vm_dir.mkdir(parents=True, exist_ok=True)
-                out = subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", gold.disk,
-                                      "-F", "qcow2", str(overlay)],
-                                     capture_output=True, text=True, timeout=60)
-                if out.returncode != 0:
-                    raise InvalidImage(f"qemu-img create failed: {out.stderr.strip()}")
+                overlay = qcow2_overlay(gold.disk, "qcow2", vm_dir / f"{image.name}.qcow2")
                 config.disks.append(DiskConfig(str(overlay), format="qcow2"))
                 overlays.append((str(overlay), gold.disk))
-            nics: list[NicSpec] = []
-            for nreq in req.nics:
-                nic = self.networks.attach(nreq.network, nreq.ip)
-                nics.append(nic)
-                undo.append((f"remove TAP {nic.tap}", lambda n=nic: self.networks.detach(n)))
-                config.nets.append(NetConfig(kind="tap", name=nic.tap, mac=nic.mac))
+            nics = self._attach_nics(req, config, undo)
             spec = VmSpec(req.name, config, image=image.name, nics=nics)
             undo.append(("undefine", lambda: drv.destroy(req.name)))
             got = drv.clone(spec, Path(gold.path), self.snapshots.server(gold.name),

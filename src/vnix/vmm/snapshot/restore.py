@@ -124,18 +124,28 @@ class PreparedVm:
             self.deferred.pop(0)()
 
 
+class _Steps:
+    """Milliseconds each named step took, written into ``into`` (``restore_steps_ms``)."""
+
+    __slots__ = ("into", "t")
+
+    def __init__(self, into: dict[str, float]) -> None:
+        self.into, self.t = into, _now()
+
+    def __call__(self, name: str) -> None:
+        now = _now()
+        self.into[name] = (now - self.t) * 1000
+        self.t = now
+
+    def restart(self) -> None:
+        self.t = _now()
+
+
 def _prepare(snap: MachineSnapshot, memory_backing: str, dirty_log: bool, steps: dict[str, float],
              ahead: bool = False) -> PreparedVm:
     from vnix.vmm.machine import IDENTITY_MAP_ADDR, TSS_ADDR
 
-    t = _now()
-
-    def step(name: str) -> None:
-        nonlocal t
-        now = _now()
-        steps[name] = (now - t) * 1000
-        t = now
-
+    step = _Steps(steps)
     kvm = Kvm()
     kvm.require()
     vm = kvm.create_vm()
@@ -278,7 +288,7 @@ def restore_machine(cls: type[Machine], snap: MachineSnapshot, stats: Stats, *,
     device's ``after_restore`` runs (no vsock transport reset sent)."""
     from vnix.vmm.machine import MachineParts
 
-    t = t_start = _now()
+    t_start = _now()
     state = snap.state
     saved = snap.config  # parsed once by load_snapshot
     cfg = effective_config(saved, overrides)
@@ -288,18 +298,11 @@ def restore_machine(cls: type[Machine], snap: MachineSnapshot, stats: Stats, *,
     machine = cls(cfg, stats, loader=_no_loader, console=console)  # type: ignore[arg-type]
     steps = machine.restore_steps_ms
     steps["config_machine_object"] = (_now() - t_start) * 1000
-    t = _now()
-
-    def step(name: str) -> None:
-        nonlocal t
-        now = _now()
-        steps[name] = (now - t) * 1000
-        t = now
-
+    step = _Steps(steps)
     try:
         if prepared is None:
             prepared = _prepare(snap, memory_backing, dirty_log, steps)
-            t = _now()
+            step.restart()
         elif prepared.snap is not snap or prepared.dirty_log != dirty_log or prepared.backing != memory_backing:
             raise SnapshotError("the prepared VM was made for another snapshot or memory backing")
         else:
